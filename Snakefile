@@ -1,0 +1,30 @@
+# reasoning-inside: one DAG from model provisioning to the report.
+# Usage: snakemake --cores all [--configfile config/smoke.yaml]   (see README)
+from pipeline.config import validate
+from pipeline.workflow import export_env
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The config comes from the profile (profiles/default: config/config.yaml) or from
+# --configfile, which replaces it; no `configfile:` here, since Snakemake would merge the
+# two and mix the default's models into every other experiment.
+if not config:
+    raise ValueError("no config: pass --configfile config/<experiment>.yaml")
+validate(config)  # fills defaults; a bad key stops here with its key path
+export_env(config)  # tracking URI, MLflow experiment, config hash for every job
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report_summary.output,

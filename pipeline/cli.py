@@ -1,0 +1,233 @@
+"""``python -m pipeline <stage> …`` — the one entry point the Snakemake rules call.
+
+Each stage takes its slice of the validated config as canonical JSON (``--spec``), its
+inputs and outputs as paths, and the MLflow job description (``--job``). The same
+commands run without Snakemake. Errors end the process with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STAGES: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def stage(name: str, *args: tuple[tuple[str, ...], dict[str, Any]]):
+    """Register a stage function with its arguments."""
+
+    def deco(fn: Callable[[argparse.Namespace], None]):
+        fn.cli_args = args  # type: ignore[attr-defined]
+        STAGES[name] = fn
+        return fn
+
+    return deco
+
+
+def arg(*names: str, **kw: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return names, kw
+
+
+JOB = arg("--job", type=json.loads, default=None, help="MLflow job description (JSON)")
+SPEC = arg("--spec", type=json.loads, required=True, help="config slice (JSON)")
+THREADS = arg("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _job(ns: argparse.Namespace) -> dict | None:
+    """``--job`` completed from the environment the Snakefile exports; tracking is off
+    when neither names a tracking URI (e.g. a stage run by hand)."""
+    from pipeline.tracking import TRACKING_URI_ENV
+    from pipeline.workflow import CONFIG_HASH_ENV, EXPERIMENT_ENV
+
+    if ns.job is None:
+        return None
+    job = dict(ns.job)
+    job.setdefault("tracking_uri", os.environ.get(TRACKING_URI_ENV))
+    job.setdefault("experiment", os.environ.get(EXPERIMENT_ENV))
+    job.setdefault("config_hash", os.environ.get(CONFIG_HASH_ENV, ""))
+    return job
+
+
+def _threads(ns: argparse.Namespace) -> None:
+    import torch
+
+    if getattr(ns, "threads", None):
+        torch.set_num_threads(ns.threads)
+
+
+# --------------------------------------------------------------------------- stages
+@stage(
+    "countdown-data",
+    SPEC,
+    arg("--out-dir", required=True),
+    JOB,
+)
+def countdown_data(ns: argparse.Namespace) -> None:
+    """Generate disjoint Countdown splits as ``<split>.jsonl``."""
+    from pipeline import io
+    from pipeline.tasks import countdown
+    from pipeline.tracking import job_run
+
+    spec = ns.spec
+    gen = {k: spec[k] for k in ("num_numbers", "min_number", "max_number",
+                                "min_target", "max_target")}
+    with job_run(_job(ns)) as run:
+        splits = countdown.make_splits(spec["splits"], seed=spec["seed"], **gen)
+        out = Path(ns.out_dir)
+        for name, problems in splits.items():
+            io.write_jsonl(out / f"{name}.jsonl", [p.to_dict() for p in problems])
+        run.params(spec)
+        run.metrics({f"n_{k}": len(v) for k, v in splits.items()})
+
+
+@stage(
+    "provision",
+    arg("--name", required=True),
+    SPEC,
+    arg("--data", help="Countdown train split (builtin models)"),
+    arg("--out", required=True, help="model directory"),
+    arg("--summary", required=True, help="summary JSON"),
+    THREADS,
+    JOB,
+)
+def provision(ns: argparse.Namespace) -> None:
+    """Provision one model (builtin: build + SFT; hub: pinned snapshot)."""
+    from pipeline import io
+    from pipeline.models import provision as prov
+    from pipeline.tasks import countdown
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    with job_run(_job(ns)) as run:
+        run.params({"model": ns.name, **spec})
+        if spec["source"] == "builtin":
+            if not ns.data:
+                raise SystemExit("provision: builtin models need --data (Countdown train split)")
+            train = [countdown.Problem.from_dict(d) for d in io.read_jsonl(ns.data)]
+            summary = prov.provision_builtin(
+                spec, train, ns.out,
+                on_log=lambda step, rec: run.metrics({"sft_loss": rec["loss"],
+                                                     "sft_lr": rec["lr"]}, step=step),
+            )
+            _sft_figure(run, ns.name, summary["sft_history"], Path(ns.summary).parent)
+        elif spec["source"] == "hub":
+            summary = prov.provision_hub(spec, ns.out)
+        else:
+            raise SystemExit(f"provision: unknown source {spec['source']!r}")
+        summary["name"] = ns.name
+        run.metrics({k: v for k, v in summary.items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
+        io.write_json(ns.summary, summary)
+        run.artifact(ns.summary)
+
+
+def _sft_figure(run: Any, name: str, history: list[dict], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set(xlabel="SFT step", ylabel="completion cross-entropy (nats/token)",
+           title=f"SFT of {name}", yscale="log")
+    fig.tight_layout()
+    fig.savefig(out_dir / "sft_loss.png", dpi=120)
+    run.figure(fig, "sft_loss.png")
+    plt.close(fig)
+
+
+@stage(
+    "evaluate-countdown",
+    arg("--name", required=True, help="model name"),
+    arg("--model-dir", required=True),
+    SPEC,
+    arg("--data", required=True, help="Countdown split (jsonl)"),
+    arg("--source", required=True, help="model source (selects the prompt style)"),
+    arg("--seed", type=int, default=0),
+    arg("--out-table", required=True),
+    arg("--out-summary", required=True),
+    THREADS,
+    JOB,
+)
+def evaluate_countdown(ns: argparse.Namespace) -> None:
+    """Greedy + sampled Countdown accuracy of one model."""
+    from pipeline import io
+    from pipeline.evaluation.countdown import evaluate_countdown as run_eval
+    from pipeline.models import load
+    from pipeline.tasks import countdown
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    style = spec["prompt_style"]
+    if style == "auto":
+        style = "builtin" if ns.source == "builtin" else "chat"
+    problems = [countdown.Problem.from_dict(d) for d in io.read_jsonl(ns.data)]
+    with job_run(_job(ns)) as run:
+        run.params({**spec, "resolved_prompt_style": style, "seed": ns.seed})
+        model, tokenizer = load(ns.model_dir, attn_implementation="eager")
+        table, summary = run_eval(
+            model, tokenizer, problems, n_samples=spec["n_samples"],
+            temperature=spec["temperature"], top_p=spec["top_p"],
+            max_new_tokens=spec["max_new_tokens"], k=spec["k"],
+            batch_size=spec["batch_size"], prompt_style=style, seed=ns.seed,
+        )
+        summary = {"model": ns.name, "seed": ns.seed, **summary}
+        io.write_table(ns.out_table, table)
+        io.write_json(ns.out_summary, summary)
+        run.metrics({k: v for k, v in summary.items()
+                     if isinstance(v, float | int) and k != "seed"})
+        run.table(table, "countdown_samples.parquet")
+
+
+@stage(
+    "summarize",
+    arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
+    arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),
+    arg("--out-csv", required=True),
+    arg("--out-figure", required=True),
+    JOB,
+)
+def summarize(ns: argparse.Namespace) -> None:
+    """One table (and bar chart) of every model's Countdown metrics."""
+    from pipeline import io
+    from pipeline.report import summary_figure, summary_table
+    from pipeline.tracking import job_run
+
+    with job_run(_job(ns)) as run:
+        table = summary_table(ns.provisions, ns.evals)
+        io.write_table(ns.out_csv, table)
+        fig = summary_figure(table)
+        fig.savefig(ns.out_figure, dpi=120)
+        run.figure(fig, Path(ns.out_figure).name)
+        run.table(table, Path(ns.out_csv).name)
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name, fn in STAGES.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        for names, kw in fn.cli_args:  # type: ignore[attr-defined]
+            p.add_argument(*names, **kw)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(argv)
+    try:
+        ns.func(ns)
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        print(f"error: {ns.stage}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,109 @@
+"""Configuration: load a YAML, validate it against the JSON schema and fill defaults.
+
+Errors are one line naming the key path, e.g.
+``config error at models.qwen3-tiny.hidden_size: 'big' is not of type 'integer'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is malformed; the message names the offending key path."""
+
+
+def _with_defaults(validator_cls):
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def validate(config: dict[str, Any], schema: dict | None = None) -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults) and return it."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"config error: expected a mapping, got {type(config).__name__}")
+    schema = schema or load_schema()
+    validator = _Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (-len(e.absolute_path), e.path))
+    if errors:
+        # the deepest error is the most specific one
+        err = jsonschema.exceptions.best_match(errors) if len(errors) > 1 else errors[0]
+        deepest = max(errors, key=lambda e: len(e.absolute_path))
+        if len(deepest.absolute_path) > len(err.absolute_path):
+            err = deepest
+        raise ConfigError(f"config error at {_path(err)}: {err.message}")
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(config: dict[str, Any]) -> None:
+    """Constraints a JSON schema cannot express."""
+    for name, spec in config["models"].items():
+        if spec["source"] != "builtin":
+            continue
+        at = f"config error at models.{name}"
+        if spec["head_dim"] is None and spec["hidden_size"] % spec["num_heads"]:
+            raise ConfigError(f"{at}.num_heads: {spec['num_heads']} does not divide "
+                              f"hidden_size {spec['hidden_size']} (or set head_dim)")
+        if spec["num_heads"] % spec["num_kv_heads"]:
+            raise ConfigError(f"{at}.num_kv_heads: {spec['num_kv_heads']} does not divide "
+                              f"num_heads {spec['num_heads']}")
+    cd = config["tasks"]["countdown"]
+    for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
+        if cd[lo] > cd[hi]:
+            raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
+    ev = config["evaluation"]["countdown"]
+    if ev["split"] not in cd["splits"]:
+        raise ConfigError(f"config error at evaluation.countdown.split: {ev['split']!r} is not "
+                          f"a split of tasks.countdown.splits {sorted(cd['splits'])}")
+    too_big = [k for k in ev["k"] if k > ev["n_samples"]]
+    if too_big:
+        raise ConfigError(f"config error at evaluation.countdown.k: {too_big} exceed "
+                          f"n_samples {ev['n_samples']}")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config error: file not found: {path}")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error: {path} is not valid YAML: {exc}") from None
+    return validate(config or {})
+
+
+def canonical_json(obj: Any) -> str:
+    """Stable JSON (sorted keys) — used for params so reruns see identical values."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,494 @@
+"""MLflow tracking: one SQLite store, one parent run per invocation, one child run per job.
+
+The only module of the project that talks to MLflow. Every call goes through an
+``MlflowClient`` bound to an explicit tracking URI (no fluent/global state), so several
+runs can be open in one process. ``mlflow`` is imported lazily: disabled tracking
+(``job_run(None)``) costs nothing.
+
+Snakefile usage::
+
+    onstart:  init_store(uri, exp); start_parent_run(uri, exp, config=config, command=argv)
+    onsuccess: end_parent_run("FINISHED")
+    onerror:   end_parent_run("FAILED")
+
+and in a job: ``with job_run(params.mlflow) as run: run.metrics({...})``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import shlex
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Must be set before mlflow is imported anywhere in this process (telemetry is configured at
+# import time) and are inherited by the jobs Snakemake spawns.
+os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = [
+    "PARENT_RUN_ENV",
+    "TRACKING_URI_ENV",
+    "WEIGHT_SUFFIXES",
+    "JobRun",
+    "config_hash",
+    "end_parent_run",
+    "flatten",
+    "init_store",
+    "job_run",
+    "resolve_tracking_uri",
+    "start_parent_run",
+]
+
+PARENT_RUN_ENV = "PIPELINE_MLFLOW_PARENT_RUN_ID"
+TRACKING_URI_ENV = "PIPELINE_MLFLOW_TRACKING_URI"
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf"})
+ARTIFACT_DIRNAME = "mlartifacts"
+
+# MLflow limits (mlflow.utils.validation).
+_MAX_PARAM_VAL = 6000
+_MAX_TAG_VAL = 8000
+_MAX_KEY = 250
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+_PARENT_TAG = "mlflow.parentRunId"  # what fluent start_run(nested=True) sets; the UI nests on it
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- :/]")
+
+_log = logging.getLogger(__name__)
+_clients: dict[str, MlflowClient] = {}
+_clients_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- store
+
+
+def resolve_tracking_uri(uri: str | None, results_dir: str) -> str:
+    """Pick the tracking URI: explicit ``uri`` > ``$MLFLOW_TRACKING_URI`` > SQLite in results_dir.
+
+    SQLite paths are made absolute (jobs may run in another working directory); a bare path
+    ending in .db/.sqlite becomes a SQLite URI. The file store is refused.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if not chosen:
+        return _sqlite_uri(Path(results_dir) / "mlflow.db")
+    if chosen.startswith("sqlite:///"):
+        return _sqlite_uri(Path(_sqlite_path(chosen)))
+    if "://" not in chosen:
+        if Path(chosen).suffix in {".db", ".sqlite", ".sqlite3"}:
+            return _sqlite_uri(Path(chosen))
+        raise ValueError(f"tracking URI {chosen!r} is a file store; use sqlite:///.../mlflow.db")
+    if chosen.startswith("file:"):
+        raise ValueError(f"tracking URI {chosen!r} is a file store; use sqlite:///.../mlflow.db")
+    return chosen
+
+
+def init_store(uri: str, experiment_name: str) -> str:
+    """Create the database (once, under a file lock) and get-or-create the experiment; return id.
+
+    Idempotent. New experiments keep artifacts in ``<db dir>/mlartifacts`` (no server needed).
+    """
+    if db := _sqlite_db(uri):
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return _experiment_id(_client(uri), experiment_name, uri)
+
+
+def _sqlite_path(uri: str) -> str:
+    return uri[len("sqlite:///") :].split("?", 1)[0]
+
+
+def _sqlite_uri(path: Path) -> str:
+    return "sqlite:///" + str(path.expanduser().resolve())
+
+
+def _sqlite_db(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = _sqlite_path(uri)
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (no-op where fcntl is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _client(uri: str) -> MlflowClient:
+    """Client bound to ``uri``; the first one per process creates/migrates SQLite under a lock."""
+    with _clients_lock:
+        if uri in _clients:
+            return _clients[uri]
+        from mlflow import MlflowClient
+
+        _quiet_mlflow()
+        db = _sqlite_db(uri)
+        if db is None:
+            client = MlflowClient(tracking_uri=uri)
+        else:
+            # Concurrent first-time creation corrupts SQLite (both run the migrations).
+            with _file_lock(db.parent / f".{db.name}.lock"):
+                client = MlflowClient(tracking_uri=uri)  # builds the store: creates tables
+        _clients[uri] = client
+        return client
+
+
+def _quiet_mlflow() -> None:
+    """Turn off telemetry even if mlflow was imported before this module."""
+    import mlflow.telemetry
+
+    if mlflow.telemetry.get_telemetry_client() is not None:
+        mlflow.telemetry.set_telemetry_client()  # re-reads MLFLOW_DISABLE_TELEMETRY
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage != "active":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    db = _sqlite_db(uri)
+    location = (db.parent / ARTIFACT_DIRNAME).as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 12 hex chars of the sha256 of the canonical JSON (sorted keys) of ``config``."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; sequences become compact JSON strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key))
+        elif isinstance(v, Mapping | list | tuple):
+            out[key] = json.dumps(v, default=str, separators=(",", ":"))
+        else:
+            out[key] = v
+    return out
+
+
+def _key(key: str) -> str:
+    """Make ``key`` a valid MLflow param/metric/tag name (charset, path-normal, <=250 chars)."""
+    k = _BAD_KEY_CHARS.sub("_", str(key)) or "_"
+    if posixpath.normpath(k) != k or k.startswith(("/", "..")) or k == ".":
+        k = "_" + k.replace("/", "_")
+    if len(k) > _MAX_KEY:
+        k = k[: _MAX_KEY - 9] + "-" + hashlib.sha256(k.encode()).hexdigest()[:8]
+    return k
+
+
+def _truncate(value: Any, limit: int) -> str:
+    s = value if isinstance(value, str) else str(value)
+    if len(s) <= limit:
+        return s
+    marker = f"...[truncated {len(s)} chars]"
+    return s[: limit - len(marker)] + marker
+
+
+def _check_not_weights(path: Path) -> None:
+    """Raise ValueError if ``path`` (or any file below it) looks like model weights."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        if f.suffix.lower() in WEIGHT_SUFFIXES:
+            raise ValueError(f"refusing to log model weights to MLflow: {f}")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _common_tags() -> dict[str, str]:
+    tags = {"host": socket.gethostname()}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    return tags
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class JobRun:
+    """Logging handle for one MLflow run; every method is a no-op when ``run_id`` is None."""
+
+    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+        self._client = client
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None and self.run_id is not None
+
+    def tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values truncated to 8000 chars)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(_key(k), _truncate(v, _MAX_TAG_VAL)) for k, v in tags.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH])
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        """Log params: nested dicts flattened to dotted keys, values truncated to 6000 chars."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        flat = {_key(k): _truncate(v, _MAX_PARAM_VAL) for k, v in flatten(params).items()}
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+
+    def metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log scalar metrics (nested dicts flattened) at ``step`` (default 0)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(_key(k), float(v), ts, int(step or 0)) for k, v in flatten(metrics).items()]
+        self._log_metrics(items)
+
+    def metric_series(
+        self, name: str, values: Iterable[Any], steps: Iterable[int] | None = None
+    ) -> None:
+        """Log a whole series of one metric in batches; steps default to 0..n-1."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        vals = [float(v) for v in values]
+        stp = list(range(len(vals))) if steps is None else [int(s) for s in steps]
+        if len(stp) != len(vals):
+            raise ValueError(f"metric_series {name!r}: {len(vals)} values but {len(stp)} steps")
+        ts, key = int(time.time() * 1000), _key(name)
+        self._log_metrics([Metric(key, v, ts, s) for v, s in zip(vals, stp, strict=True)])
+
+    def _log_metrics(self, items: list[Any]) -> None:
+        for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS_PER_BATCH])
+
+    def artifact(self, path: str | os.PathLike[str], subdir: str | None = None) -> None:
+        """Log one file (or a directory's contents) under ``subdir``; weights are refused."""
+        if not self.enabled:
+            return
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(p)
+        _check_not_weights(p)
+        if p.is_dir():
+            self._client.log_artifacts(self.run_id, str(p), subdir)
+        else:
+            self._client.log_artifact(self.run_id, str(p), subdir)
+
+    def artifacts(self, directory: str | os.PathLike[str], subdir: str | None = None) -> None:
+        """Log a directory tree under ``subdir``; refused if it holds any weight file."""
+        if not self.enabled:
+            return
+        p = Path(directory)
+        if not p.is_dir():
+            raise NotADirectoryError(p)
+        _check_not_weights(p)
+        self._client.log_artifacts(self.run_id, str(p), subdir)
+
+    def figure(self, fig: Any, name: str, subdir: str = "figures") -> None:
+        """Save a matplotlib figure (PNG unless ``name`` has a suffix) and log it."""
+        if not self.enabled:
+            return
+        fname = name if Path(name).suffix else f"{name}.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / Path(fname).name
+            _check_not_weights(out)
+            fig.savefig(out, dpi=150, bbox_inches="tight")
+            self._client.log_artifact(self.run_id, str(out), subdir)
+
+    def table(self, df: Any, name: str, subdir: str = "tables") -> None:
+        """Write a DataFrame as parquet (default) or CSV (``name`` ending .csv) and log it."""
+        if not self.enabled:
+            return
+        suffix = Path(name).suffix.lower()
+        fname = name if suffix in (".csv", ".parquet") else f"{name}.parquet"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / Path(fname).name
+            if out.suffix == ".csv":
+                df.to_csv(out, index=False)
+            else:
+                df.to_parquet(out, index=False)
+            self._client.log_artifact(self.run_id, str(out), subdir)
+
+
+def start_parent_run(
+    uri: str,
+    experiment_name: str,
+    *,
+    config: Mapping[str, Any],
+    run_name: str | None = None,
+    command: Sequence[str] | str | None = None,
+) -> str:
+    """Create the parent run of one pipeline invocation and export its id to the environment.
+
+    Logs the flattened config as params and the full config as ``config.json``. The run is
+    left RUNNING (not fluent-active) until :func:`end_parent_run`. Sets ``$PIPELINE_MLFLOW_
+    PARENT_RUN_ID`` and ``$PIPELINE_MLFLOW_TRACKING_URI`` so spawned jobs inherit them.
+    """
+    client = _client(uri)
+    exp_id = _experiment_id(client, experiment_name, uri)
+    chash = config_hash(config)
+    tags = {**_common_tags(), "pipeline.kind": "parent", "config_hash": chash}
+    if command is not None:
+        cmd = command if isinstance(command, str) else shlex.join(str(c) for c in command)
+        tags["snakemake.command"] = _truncate(cmd, _MAX_TAG_VAL)
+    if commit := _git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(exp_id, tags=tags, run_name=run_name or f"pipeline-{chash}")
+    handle = JobRun(client, run.info.run_id)
+    try:
+        handle.params(config)
+        client.log_text(
+            run.info.run_id,
+            json.dumps(config, indent=2, sort_keys=True, default=str),
+            "config.json",
+        )
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    os.environ[PARENT_RUN_ENV] = run.info.run_id
+    os.environ[TRACKING_URI_ENV] = uri
+    return run.info.run_id
+
+
+def end_parent_run(status: str = "FINISHED", uri: str | None = None) -> None:
+    """Terminate the parent run named by ``$PIPELINE_MLFLOW_PARENT_RUN_ID``; no-op when unset."""
+    run_id = os.environ.get(PARENT_RUN_ENV)
+    uri = uri or os.environ.get(TRACKING_URI_ENV)
+    if not run_id or not uri:
+        return
+    status = status.upper()
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"bad run status {status!r}")
+    _client(uri).set_terminated(run_id, status)
+    os.environ.pop(PARENT_RUN_ENV, None)
+
+
+def _run_name(rule: str, wildcards: Mapping[str, Any]) -> str:
+    if not wildcards:
+        return rule
+    return f"{rule}[{','.join(f'{k}={v}' for k, v in wildcards.items())}]"
+
+
+@contextlib.contextmanager
+def job_run(job: Mapping[str, Any] | None) -> Iterator[JobRun]:
+    """Child run for one Snakemake job; nested under the env parent run when there is one.
+
+    ``job`` = {"rule", "wildcards", "tracking_uri", "experiment", "config_hash"}. With no job
+    or no tracking_uri, yields a no-op :class:`JobRun`. Ends FINISHED, or FAILED (KILLED on
+    KeyboardInterrupt) when the body raises; the exception propagates.
+    """
+    if not job or not job.get("tracking_uri"):
+        yield JobRun()
+        return
+    uri = str(job["tracking_uri"])
+    rule = str(job.get("rule") or "job")
+    wildcards = {str(k): str(v) for k, v in dict(job.get("wildcards") or {}).items()}
+    client = _client(uri)
+    exp_id = _experiment_id(client, str(job.get("experiment") or "pipeline"), uri)
+
+    tags: dict[str, str] = {
+        **_common_tags(),
+        "pipeline.kind": "job",
+        "rule": rule,
+        "wildcards": json.dumps(wildcards, sort_keys=True),
+        **{_key(f"wc.{k}"): _truncate(v, _MAX_TAG_VAL) for k, v in wildcards.items()},
+    }
+    if job.get("config_hash"):
+        tags["config_hash"] = str(job["config_hash"])
+    if slurm := os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = slurm
+    if parent := _parent_run_id(client, exp_id):
+        tags[_PARENT_TAG] = parent
+
+    run = client.create_run(exp_id, tags=tags, run_name=_run_name(rule, wildcards))
+    run_id = run.info.run_id
+    try:
+        yield JobRun(client, run_id)
+    except BaseException as exc:
+        ok_exit = isinstance(exc, SystemExit) and exc.code in (0, None)
+        status = "FAILED"
+        if ok_exit:
+            status = "FINISHED"
+        elif isinstance(exc, KeyboardInterrupt):
+            status = "KILLED"
+        try:
+            if not ok_exit:
+                client.set_tag(run_id, "error", _truncate(f"{type(exc).__name__}: {exc}", 8000))
+            client.set_terminated(run_id, status)
+        except Exception:  # never mask the job's own exception
+            _log.warning("could not mark MLflow run %s as %s", run_id, status, exc_info=True)
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _parent_run_id(client: MlflowClient, exp_id: str) -> str | None:
+    """The env parent run id if it exists in this store (else warn and return None)."""
+    from mlflow.exceptions import MlflowException
+
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return None
+    try:
+        prun = client.get_run(parent)
+    except MlflowException:
+        _log.warning("parent run %s not found in this tracking store; not nesting", parent)
+        return None
+    if prun.info.experiment_id != exp_id:
+        _log.warning("parent run %s is in another experiment; the UI will not nest", parent)
+    return parent

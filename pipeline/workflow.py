@@ -1,0 +1,55 @@
+"""Helpers the Snakefile uses, so rules stay free of logic: paths, wildcard values and
+the JSON arguments each rule passes to ``python -m pipeline``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import canonical_json
+from pipeline.tracking import TRACKING_URI_ENV, config_hash, resolve_tracking_uri
+
+EXPERIMENT_ENV = "PIPELINE_MLFLOW_EXPERIMENT"
+CONFIG_HASH_ENV = "PIPELINE_CONFIG_HASH"
+
+
+def root(config: dict[str, Any]) -> str:
+    """``<results_dir>/<experiment>``: every output of a run lives below it."""
+    return str(Path(config["results_dir"]) / config["experiment"])
+
+
+def tracking_uri(config: dict[str, Any]) -> str:
+    return resolve_tracking_uri(config["mlflow"]["tracking_uri"], config["results_dir"])
+
+
+def alternatives(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names)
+
+
+def spec(obj: Any) -> str:
+    """A config slice as canonical JSON (stable → no spurious reruns)."""
+    return canonical_json(obj)
+
+
+def export_env(config: dict[str, Any]) -> None:
+    """Environment every job inherits: tracking URI, MLflow experiment, config hash.
+    They travel outside the rules' params so that changing them triggers no rerun."""
+    os.environ[TRACKING_URI_ENV] = tracking_uri(config)
+    os.environ[EXPERIMENT_ENV] = config["mlflow"]["experiment_name"]
+    os.environ[CONFIG_HASH_ENV] = config_hash(config)
+
+
+def job(config: dict[str, Any], rule: str, wildcards: Any = None) -> str:
+    """The MLflow job description a rule passes as ``--job`` (rule and wildcards)."""
+    wc = dict(wildcards.items()) if wildcards is not None else {}
+    return canonical_json({"rule": rule, "wildcards": wc})
+
+
+def provision_inputs(config: dict[str, Any], root_dir: str, model: str) -> list[str]:
+    """Builtin models train on the Countdown train split; other sources need no input."""
+    if config["models"][model]["source"] == "builtin":
+        return [f"{root_dir}/data/countdown/train.jsonl"]
+    return []

@@ -1,0 +1,31 @@
+import pipeline.workflow as pw
+from pipeline import tracking
+
+R = pw.root(config)
+MODELS = list(config["models"])
+SEEDS = config["seeds"]
+
+
+wildcard_constraints:
+    model=pw.alternatives(MODELS),
+    seed=r"\d+",
+    split=r"[A-Za-z0-9_]+",
+
+
+onstart:
+    tracking.init_store(pw.tracking_uri(config), config["mlflow"]["experiment_name"])
+    tracking.start_parent_run(
+        pw.tracking_uri(config),
+        config["mlflow"]["experiment_name"],
+        config=config,
+        run_name=f"snakemake[{config['experiment']}]",
+        command=" ".join(sys.argv),
+    )
+
+
+onsuccess:
+    tracking.end_parent_run("FINISHED")
+
+
+onerror:
+    tracking.end_parent_run("FAILED")

@@ -1,0 +1,12 @@
+rule countdown_data:
+    output:
+        expand(f"{R}/data/countdown/{{split}}.jsonl", split=config["tasks"]["countdown"]["splits"]),
+    params:
+        spec=pw.spec(config["tasks"]["countdown"]),
+        out_dir=f"{R}/data/countdown",
+        job=pw.job(config, "countdown_data"),
+    log:
+        f"{R}/logs/countdown_data.log",
+    shell:
+        "python -m pipeline countdown-data --spec {params.spec:q} --out-dir {params.out_dir}"
+        " --job {params.job:q} > {log} 2>&1"

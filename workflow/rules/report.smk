@@ -1,0 +1,14 @@
+rule report_summary:
+    input:
+        evals=expand(f"{R}/eval/{{model}}/seed{{seed}}/countdown.json", model=MODELS, seed=SEEDS),
+        provisions=expand(f"{R}/models/{{model}}/provision.json", model=MODELS),
+    output:
+        csv=f"{R}/summary/countdown.csv",
+        figure=f"{R}/summary/countdown.png",
+    params:
+        job=pw.job(config, "report_summary"),
+    log:
+        f"{R}/logs/report_summary.log",
+    shell:
+        "python -m pipeline summarize --evals {input.evals} --provisions {input.provisions}"
+        " --out-csv {output.csv} --out-figure {output.figure} --job {params.job:q} > {log} 2>&1"
