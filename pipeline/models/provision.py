@@ -66,7 +66,8 @@ def provision_builtin(
         model, tokenizer, pairs,
         steps=sft["steps"], batch_size=sft["batch_size"], lr=sft["lr"],
         weight_decay=sft["weight_decay"], warmup_steps=sft["warmup_steps"],
-        grad_clip=sft["grad_clip"], seed=spec["seed"], on_log=on_log, progress=progress,
+        grad_clip=sft["grad_clip"], seed=spec["seed"], log_every=max(1, sft["steps"] // 50),
+        on_log=on_log, progress=progress,
     )
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -94,11 +95,13 @@ def provision_hub(spec: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
 
     repo, rev = spec["repo_id"], spec["revision"]
     t0 = time.time()
+    kwargs = dict(repo_id=repo, revision=rev, cache_dir=spec.get("cache_dir"),
+                  allow_patterns=HUB_PATTERNS)
     try:
-        snapshot = Path(snapshot_download(
-            repo_id=repo, revision=rev, cache_dir=spec.get("cache_dir"),
-            allow_patterns=HUB_PATTERNS,
-        ))
+        try:  # a pinned snapshot already in the cache needs no network at all
+            snapshot = Path(snapshot_download(**kwargs, local_files_only=True))
+        except LocalEntryNotFoundError:
+            snapshot = Path(snapshot_download(**kwargs))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProvisionError(

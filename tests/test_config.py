@@ -1,0 +1,101 @@
+"""Config validation: defaults are filled, bad keys/values stop with their key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = {"experiment": "x", "models": {"m": {"source": "builtin", "arch": "qwen3"}}}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    config = cfg.load(ROOT / "config" / name)
+    assert config["models"]
+
+
+def test_defaults_are_filled():
+    config = cfg.validate(copy.deepcopy(MINIMAL))
+    m = config["models"]["m"]
+    assert m["hidden_size"] == 128 and m["sft"]["steps"] == 800 and m["seed"] == 0
+    assert config["seeds"] == [0]
+    assert config["mlflow"] == {"tracking_uri": None, "experiment_name": "reasoning-inside"}
+    assert config["tasks"]["countdown"]["splits"] == {"train": 20000, "test": 200}
+    assert config["evaluation"]["countdown"]["k"] == [1, 8]
+
+
+def _with(path: str, value) -> dict:
+    config = copy.deepcopy(MINIMAL)
+    node = config
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("models.m.hidden_size", "big", "models.m.hidden_size: 'big' is not of type 'integer'"),
+        ("models.m.arch", "gpt9", "models.m.arch: 'gpt9' is not one of"),
+        ("models.m.sft.lr", -1, "models.m.sft.lr: -1 is less than or equal to the minimum"),
+        ("models.m.hiddn", 3, "models.m: Additional properties are not allowed ('hiddn'"),
+        ("models.m.source", "ftp", "models.m.source: 'ftp' is not one of"),
+        ("tasks.countdown.num_numbers", 1, "tasks.countdown.num_numbers: 1 is less than"),
+        ("evaluation.countdown.top_p", 0, "evaluation.countdown.top_p: 0 is less than or equal"),
+        ("mlflow.uri", "x", "mlflow: Additional properties are not allowed ('uri'"),
+        ("experimnt", "x", "<top level>: Additional properties are not allowed ('experimnt'"),
+        ("models.bad name", {"source": "builtin", "arch": "llama"}, "does not match"),
+    ],
+)
+def test_bad_values_name_their_key_path(path, value, expected):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate(_with(path, value))
+    assert expected in str(err.value)
+    assert str(err.value).startswith("config error at ") and "\n" not in str(err.value)
+
+
+def test_hub_model_requires_pinned_revision():
+    config = copy.deepcopy(MINIMAL)
+    config["models"]["h"] = {"source": "hub", "repo_id": "Qwen/Qwen3-4B"}
+    with pytest.raises(cfg.ConfigError, match=r"models\.h: 'revision' is a required property"):
+        cfg.validate(config)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("models.m.num_heads", 3, "models.m.num_heads: 3 does not divide hidden_size 128"),
+        ("models.m.num_kv_heads", 3, "models.m.num_kv_heads: 3 does not divide num_heads 4"),
+        ("tasks.countdown.min_number", 50, "tasks.countdown.min_number: 50 > max_number 30"),
+        ("evaluation.countdown.split", "dev", "evaluation.countdown.split: 'dev' is not a split"),
+        ("evaluation.countdown.k", [1, 16], "evaluation.countdown.k: [16] exceed n_samples 8"),
+    ],
+)
+def test_semantic_errors(path, value, expected):
+    with pytest.raises(cfg.ConfigError, match="config error at") as err:
+        cfg.validate(_with(path, value))
+    assert expected in str(err.value)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="file not found"):
+        cfg.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: [unclosed\n")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load(bad)
+    with pytest.raises(cfg.ConfigError, match="expected a mapping"):
+        cfg.validate(["not", "a", "dict"])
+
+
+def test_canonical_json_is_order_free():
+    assert cfg.canonical_json({"b": 1, "a": [2, {"d": 3, "c": 4}]}) == cfg.canonical_json(
+        {"a": [2, {"c": 4, "d": 3}], "b": 1}
+    )
