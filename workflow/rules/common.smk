@@ -1,3 +1,5 @@
+import os
+
 import pipeline.workflow as pw
 from pipeline import tracking
 

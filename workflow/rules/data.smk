@@ -3,8 +3,10 @@ rule countdown_data:
         expand(f"{R}/data/countdown/{{split}}.jsonl", split=config["tasks"]["countdown"]["splits"]),
     params:
         spec=pw.spec(config["tasks"]["countdown"]),
-        out_dir=f"{R}/data/countdown",
+        out_dir=lambda wc, output: os.path.dirname(output[0]),
         job=pw.job(config, "countdown_data"),
+    conda:
+        "../envs/pipeline.yaml"
     log:
         f"{R}/logs/countdown_data.log",
     shell:

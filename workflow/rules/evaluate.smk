@@ -12,6 +12,8 @@ rule evaluate_countdown:
     threads: 2
     resources:
         mem_mb=4000,
+    conda:
+        "../envs/pipeline.yaml"
     log:
         f"{R}/logs/evaluate_countdown/{{model}}-seed{{seed}}.log",
     shell:

@@ -11,6 +11,8 @@ rule provision:
     threads: 2
     resources:
         mem_mb=4000,
+    conda:
+        "../envs/pipeline.yaml"
     log:
         f"{R}/logs/provision/{{model}}.log",
     shell:

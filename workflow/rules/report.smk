@@ -7,6 +7,8 @@ rule report_summary:
         figure=f"{R}/summary/countdown.png",
     params:
         job=pw.job(config, "report_summary"),
+    conda:
+        "../envs/pipeline.yaml"
     log:
         f"{R}/logs/report_summary.log",
     shell:
