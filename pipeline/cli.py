@@ -150,24 +150,26 @@ def _sft_figure(run: Any, name: str, history: list[dict], out_dir: Path) -> None
 
 
 @stage(
-    "evaluate-countdown",
+    "evaluate",
     arg("--name", required=True, help="model name"),
+    arg("--benchmark", required=True, help="benchmark name (config key)"),
     arg("--model-dir", required=True),
     SPEC,
-    arg("--data", required=True, help="Countdown split (jsonl)"),
+    arg("--data", default=None, help="Countdown split (jsonl), for countdown benchmarks"),
     arg("--source", required=True, help="model source (selects the prompt style)"),
     arg("--seed", type=int, default=0),
     arg("--out-table", required=True),
     arg("--out-summary", required=True),
+    arg("--cache-dir", default=os.environ.get("PIPELINE_CACHE")),
     THREADS,
     JOB,
 )
-def evaluate_countdown(ns: argparse.Namespace) -> None:
-    """Greedy + sampled Countdown accuracy of one model."""
+def evaluate(ns: argparse.Namespace) -> None:
+    """Evaluate one model on one benchmark (greedy, avg@n, pass@k; MMLU accuracy)."""
     from pipeline import io
-    from pipeline.evaluation.countdown import evaluate_countdown as run_eval
+    from pipeline.evaluation import items as bench
+    from pipeline.evaluation.run import evaluate_generative, evaluate_multiple_choice
     from pipeline.models import load
-    from pipeline.tasks import countdown
     from pipeline.tracking import job_run
 
     _threads(ns)
@@ -175,22 +177,24 @@ def evaluate_countdown(ns: argparse.Namespace) -> None:
     style = spec["prompt_style"]
     if style == "auto":
         style = "builtin" if ns.source == "builtin" else "chat"
-    problems = [countdown.Problem.from_dict(d) for d in io.read_jsonl(ns.data)]
     with job_run(_job(ns)) as run:
-        run.params({**spec, "resolved_prompt_style": style, "seed": ns.seed})
+        run.params({**spec, "benchmark": ns.benchmark, "resolved_prompt_style": style,
+                    "seed": ns.seed})
+        items = bench.load_items(spec, data=ns.data, cache_dir=ns.cache_dir)
+        # eager attention decodes about 2x faster than sdpa on CPU (offline_assets.md)
         model, tokenizer = load(ns.model_dir, attn_implementation="eager")
-        table, summary = run_eval(
-            model, tokenizer, problems, n_samples=spec["n_samples"],
-            temperature=spec["temperature"], top_p=spec["top_p"],
-            max_new_tokens=spec["max_new_tokens"], k=spec["k"],
-            batch_size=spec["batch_size"], prompt_style=style, seed=ns.seed,
-        )
-        summary = {"model": ns.name, "seed": ns.seed, **summary}
+        if spec["task"] == "mmlu":
+            table, summary = evaluate_multiple_choice(model, tokenizer, items, spec)
+        else:
+            table, summary = evaluate_generative(model, tokenizer, spec["task"], items, spec,
+                                                 style=style, seed=ns.seed)
+        summary = {"model": ns.name, "benchmark": ns.benchmark, "task": spec["task"],
+                   "seed": ns.seed, **summary}
         io.write_table(ns.out_table, table)
         io.write_json(ns.out_summary, summary)
         run.metrics({k: v for k, v in summary.items()
                      if isinstance(v, float | int) and k != "seed"})
-        run.table(table, "countdown_samples.parquet")
+        run.table(table, f"{ns.benchmark}_samples.parquet")
 
 
 @stage(
@@ -202,7 +206,7 @@ def evaluate_countdown(ns: argparse.Namespace) -> None:
     JOB,
 )
 def summarize(ns: argparse.Namespace) -> None:
-    """One table (and bar chart) of every model's Countdown metrics."""
+    """One table (and bar chart) of every evaluation."""
     from pipeline import io
     from pipeline.report import summary_figure, summary_table
     from pipeline.tracking import job_run

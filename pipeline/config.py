@@ -88,14 +88,21 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
         if cd[lo] > cd[hi]:
             raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
-    ev = config["evaluation"]["countdown"]
-    if ev["split"] not in cd["splits"]:
-        raise ConfigError(f"config error at evaluation.countdown.split: {ev['split']!r} is not "
-                          f"a split of tasks.countdown.splits {sorted(cd['splits'])}")
-    too_big = [k for k in ev["k"] if k > ev["n_samples"]]
-    if too_big:
-        raise ConfigError(f"config error at evaluation.countdown.k: {too_big} exceed "
-                          f"n_samples {ev['n_samples']}")
+    for bname, bench in config["evaluation"]["benchmarks"].items():
+        at = f"config error at evaluation.benchmarks.{bname}"
+        if bench["models"] != "all":
+            unknown = [m for m in bench["models"] if m not in config["models"]]
+            if unknown:
+                raise ConfigError(f"{at}.models: unknown models {unknown}; "
+                                  f"known: {sorted(config['models'])}")
+        if bench["task"] == "countdown" and bench["split"] not in cd["splits"]:
+            raise ConfigError(f"{at}.split: {bench['split']!r} is not a split of "
+                              f"tasks.countdown.splits {sorted(cd['splits'])}")
+        if bench["task"] in ("math", "mmlu") and not (bench["dataset"] or bench["path"]):
+            raise ConfigError(f"{at}.dataset: a {bench['task']} benchmark needs a dataset")
+        too_big = [k for k in bench["k"] if k > bench["n_samples"]]
+        if too_big and bench["task"] != "mmlu":
+            raise ConfigError(f"{at}.k: {too_big} exceed n_samples {bench['n_samples']}")
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -61,3 +61,27 @@ def cache_dir(config: dict[str, Any]) -> str:
     """Download cache: config ``cache_dir`` > $PIPELINE_CACHE > ~/.cache/reasoning-inside."""
     return str(Path(config["cache_dir"] or os.environ.get(CACHE_ENV)
                     or Path.home() / ".cache" / "reasoning-inside"))
+
+
+def benchmark_models(config: dict[str, Any], benchmark: str) -> list[str]:
+    models = config["evaluation"]["benchmarks"][benchmark]["models"]
+    return list(config["models"]) if models == "all" else list(models)
+
+
+def evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
+    """Every (model, benchmark, seed) evaluation summary the config asks for."""
+    return [
+        f"{root_dir}/eval/{m}/{b}/seed{s}/summary.json"
+        for b in config["evaluation"]["benchmarks"]
+        for m in benchmark_models(config, b)
+        for s in config["seeds"]
+    ]
+
+
+def evaluation_inputs(config: dict[str, Any], root_dir: str, model: str,
+                      benchmark: str) -> dict[str, str]:
+    bench = config["evaluation"]["benchmarks"][benchmark]
+    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    if bench["task"] == "countdown":
+        inputs["data"] = f"{root_dir}/data/countdown/{bench['split']}.jsonl"
+    return inputs

@@ -35,17 +35,19 @@ def smoke_run(tmp_path_factory):
 def test_outputs(smoke_run):
     workdir, _ = smoke_run
     root = workdir / "results" / "smoke"
-    table = pd.read_csv(root / "summary" / "countdown.csv")
+    table = pd.read_csv(root / "summary" / "evaluation.csv")
     assert sorted(table["model"]) == ["llama-smoke", "qwen3-smoke"]
+    assert set(table["benchmark"]) == {"countdown"}
     assert set(table["model_type"]) == {"llama", "qwen3"}
     for col in ("greedy_accuracy", "avg@2", "pass@1", "pass@2"):
         assert table[col].between(0, 1).all()
-    assert (root / "summary" / "countdown.png").stat().st_size > 1000
+    assert (root / "summary" / "evaluation.png").stat().st_size > 1000
     for model in ("llama-smoke", "qwen3-smoke"):
         assert (root / "models" / model / "model" / "model.safetensors").exists()
-        samples = pd.read_parquet(root / "eval" / model / "seed0" / "countdown.parquet")
+        ev = root / "eval" / model / "countdown" / "seed0"
+        samples = pd.read_parquet(ev / "samples.parquet")
         assert len(samples) == 24 * (1 + 2)  # greedy + 2 samples per problem
-        summary = json.loads((root / "eval" / model / "seed0" / "countdown.json").read_text())
+        summary = json.loads((ev / "summary.json").read_text())
         assert summary["num_problems"] == 24 and summary["model"] == model
     train = (root / "data" / "countdown" / "train.jsonl").read_text().splitlines()
     test = (root / "data" / "countdown" / "test.jsonl").read_text().splitlines()
@@ -64,8 +66,8 @@ def test_mlflow_runs_nested(smoke_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     rules = sorted(r.data.tags["rule"] for r in children)
-    assert rules == ["countdown_data", "evaluate_countdown", "evaluate_countdown",
-                     "provision", "provision", "report_summary"]
+    assert rules == ["countdown_data", "evaluate", "evaluate", "provision", "provision",
+                     "report_summary"]
     assert len(children) == len(runs) - 1
     for r in children:
         assert r.info.status == "FINISHED"
@@ -78,7 +80,7 @@ def test_mlflow_runs_nested(smoke_run):
     assert [m.step for m in history] == sorted(m.step for m in history) and len(history) >= 2
     report = next(r for r in children if r.data.tags["rule"] == "report_summary")
     names = {a.path for a in client.list_artifacts(report.info.run_id, "figures")}
-    assert "figures/countdown.png" in names
+    assert "figures/evaluation.png" in names
 
 
 @pytest.mark.slow

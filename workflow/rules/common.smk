@@ -11,6 +11,7 @@ SEEDS = config["seeds"]
 wildcard_constraints:
     model=pw.alternatives(MODELS),
     seed=r"\d+",
+    benchmark=pw.alternatives(list(config["evaluation"]["benchmarks"])),
     split=r"[A-Za-z0-9_]+",
 
 

@@ -1,23 +1,23 @@
-rule evaluate_countdown:
+rule evaluate:
     input:
-        model=f"{R}/models/{{model}}/model",
-        data=f"{R}/data/countdown/{config['evaluation']['countdown']['split']}.jsonl",
+        unpack(lambda wc: pw.evaluation_inputs(config, R, wc.model, wc.benchmark)),
     output:
-        table=f"{R}/eval/{{model}}/seed{{seed}}/countdown.parquet",
-        summary=f"{R}/eval/{{model}}/seed{{seed}}/countdown.json",
+        table=f"{R}/eval/{{model}}/{{benchmark}}/seed{{seed}}/samples.parquet",
+        summary=f"{R}/eval/{{model}}/{{benchmark}}/seed{{seed}}/summary.json",
     params:
-        spec=pw.spec(config["evaluation"]["countdown"]),
+        spec=lambda wc: pw.spec(config["evaluation"]["benchmarks"][wc.benchmark]),
         source=lambda wc: config["models"][wc.model]["source"],
-        job=lambda wc: pw.job(config, "evaluate_countdown", wc),
+        data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
+        job=lambda wc: pw.job(config, "evaluate", wc),
     threads: 2
     resources:
         mem_mb=4000,
     conda:
         "../envs/pipeline.yaml"
     log:
-        f"{R}/logs/evaluate_countdown/{{model}}-seed{{seed}}.log",
+        f"{R}/logs/evaluate/{{model}}-{{benchmark}}-seed{{seed}}.log",
     shell:
-        "python -m pipeline evaluate-countdown --name {wildcards.model}"
-        " --model-dir {input.model} --spec {params.spec:q} --data {input.data}"
+        "python -m pipeline evaluate --name {wildcards.model} --benchmark {wildcards.benchmark}"
+        " --model-dir {input.model} --spec {params.spec:q} {params.data}"
         " --source {params.source} --seed {wildcards.seed} --out-table {output.table}"
         " --out-summary {output.summary} --threads {threads} --job {params.job:q} > {log} 2>&1"

@@ -1,10 +1,10 @@
 rule report_summary:
     input:
-        evals=expand(f"{R}/eval/{{model}}/seed{{seed}}/countdown.json", model=MODELS, seed=SEEDS),
+        evals=pw.evaluation_targets(config, R),
         provisions=expand(f"{R}/models/{{model}}/provision.json", model=MODELS),
     output:
-        csv=f"{R}/summary/countdown.csv",
-        figure=f"{R}/summary/countdown.png",
+        csv=f"{R}/summary/evaluation.csv",
+        figure=f"{R}/summary/evaluation.png",
     params:
         job=pw.job(config, "report_summary"),
     conda:

@@ -1,0 +1,103 @@
+"""Benchmark items for evaluation: loading, prompt rendering and scoring per task.
+
+Tasks: ``countdown`` (the pipeline's own splits, methods.md §5 reward), ``math``
+(MATH500/AIME/AMC23/GSM8K through :mod:`pipeline.tasks.benchmarks`, or the registry
+sources ``gsm_symbolic`` / ``aime`` of :mod:`pipeline.data`; last ``\\boxed{}`` checked with
+math-verify), ``mmlu`` (k-shot multiple choice, scored by the answer letter's logit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from pipeline import io
+from pipeline.tasks import countdown
+from pipeline.tasks import math as math_task
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+LETTERS = "ABCD"
+
+
+def load_items(spec: dict[str, Any], *, data: str | None, cache_dir: str | None) -> list[dict]:
+    """Items of one benchmark entry of the config (``evaluation.benchmarks.<name>``)."""
+    task = spec["task"]
+    if task == "countdown":
+        if not data:
+            raise ValueError("countdown evaluation needs the split file (--data)")
+        items = [{"id": str(i), **d} for i, d in enumerate(io.read_jsonl(data))]
+    elif task == "math":
+        from pipeline.tasks.benchmarks import BENCHMARKS, load_benchmark
+
+        name = spec["dataset"]
+        if name in BENCHMARKS or spec.get("path"):
+            items = load_benchmark(name, path=spec.get("path"), cache_dir=cache_dir)
+        else:
+            from pipeline.data import load_source
+
+            items = load_source(name, cache_dir=cache_dir, seed=spec["data_seed"],
+                                limit=spec["n_problems"])
+    elif task == "mmlu":
+        from pipeline.data import load_source
+
+        items = load_source(spec["dataset"], cache_dir=cache_dir, path=spec.get("path"))
+    else:
+        raise ValueError(f"unknown evaluation task {task!r} (countdown, math, mmlu)")
+    if spec["n_problems"] is not None and task != "mmlu":  # mmlu: shots come first
+        items = items[: spec["n_problems"]]
+    return items
+
+
+def _chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
+    if not tokenizer.chat_template:
+        return content + "\n"
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def render_prompt(task: str, item: dict, tokenizer: PreTrainedTokenizerBase, style: str) -> str:
+    """Prompt text: ``builtin`` = the tiny models' plain format; ``chat`` = chat template."""
+    if task == "countdown":
+        problem = countdown.Problem.from_dict(item)
+        if style == "builtin":
+            return countdown.prompt(problem, "builtin")
+        return _chat(tokenizer, countdown.prompt(problem, "chat"))
+    if task == "math":
+        return _chat(tokenizer, f"{item['problem']}\n{MATH_INSTRUCTION}")
+    raise ValueError(f"task {task!r} has no generative prompt")
+
+
+def score(task: str, item: dict, response: str, *, verify_mode: str = "symbolic") -> bool:
+    if task == "countdown":
+        return countdown.verify(item["numbers"], item["target"], response)
+    if task == "math":
+        return math_task.verify(response, item["answer"], mode=verify_mode)
+    raise ValueError(f"task {task!r} has no generative scorer")
+
+
+def mmlu_prompt(item: dict, shots: list[dict]) -> str:
+    """k-shot MMLU in the usual plain format (no chat template, as in lm-eval-harness);
+    the model's next token should be `` A``…`` D``."""
+
+    def block(it: dict, with_answer: bool) -> str:
+        opts = "\n".join(f"{L}. {c}" for L, c in zip(LETTERS, it["choices"], strict=True))
+        ans = f" {it['answer']}\n\n" if with_answer else ""
+        return f"{it['question'].strip()}\n{opts}\nAnswer:{ans}"
+
+    text = "The following are multiple choice questions (with answers).\n\n"
+    return text + "".join(block(s, True) for s in shots) + block(item, False)
+
+
+def balanced_shots(items: list[dict], k: int) -> tuple[list[dict], list[dict]]:
+    """``k`` demonstrations whose answer letters are as balanced as possible (taken in
+    order, cycling A, B, C, D), and the remaining items to evaluate."""
+    shots: list[dict] = []
+    used: set[int] = set()
+    for want in (LETTERS * k)[:k]:
+        for i, it in enumerate(items):
+            if i not in used and it["answer"] == want:
+                shots.append(it)
+                used.add(i)
+                break
+    return shots, [it for i, it in enumerate(items) if i not in used]

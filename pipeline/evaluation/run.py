@@ -1,0 +1,130 @@
+"""Evaluate one model on one benchmark: per-sample table + summary (methods.md §5).
+
+Generative tasks: greedy decoding plus ``n_samples`` samples per problem → greedy
+accuracy, avg@n, unbiased pass@k. Multiple choice (MMLU): the answer letter with the
+highest next-token logit among `` A``…`` D`` (accuracy; no sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline.evaluation import items as bench
+from pipeline.evaluation.metrics import mean_ci, pass_at_k
+from pipeline.generation import generate
+
+
+def evaluate_generative(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    items: Sequence[dict],
+    spec: dict[str, Any],
+    *,
+    style: str,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Greedy + sampled responses, each scored; the table keeps every response."""
+    prompts = [bench.render_prompt(task, it, tokenizer, style) for it in items]
+    rows = []
+    runs = [("greedy", 1, 0.0)]
+    if spec["n_samples"] > 0:
+        runs.append(("sample", spec["n_samples"], spec["temperature"]))
+    for mode, n, temp in runs:
+        gens = generate(model, tokenizer, prompts, n=n, temperature=temp, top_p=spec["top_p"],
+                        max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
+                        seed=seed, progress=progress, desc=f"{task} {mode}")
+        for g in gens:
+            it = items[g.prompt_index]
+            rows.append({
+                "mode": mode, "problem": g.prompt_index, "item_id": str(it["id"]),
+                "sample": g.sample_index, "response": g.text, "num_tokens": g.num_tokens,
+                "finished": g.finished,
+                "correct": bench.score(task, it, g.text, verify_mode=spec["verify_mode"]),
+            })
+    table = pd.DataFrame(rows)
+    return table, summarize(table, spec["k"])
+
+
+def summarize(table: pd.DataFrame, k: Sequence[int]) -> dict[str, Any]:
+    """Greedy accuracy, avg@n, pass@k (means over problems, 95 % CIs over problems)."""
+    greedy = table[table["mode"] == "greedy"]
+    out: dict[str, Any] = {
+        "num_problems": int(greedy["problem"].nunique()),
+        "greedy_accuracy": float(greedy["correct"].mean()),
+        "greedy_finished_fraction": float(greedy["finished"].mean()),
+    }
+    _, lo, hi = mean_ci(greedy["correct"].astype(float).to_numpy())
+    out["greedy_accuracy_ci95"] = [lo, hi]
+    sample = table[table["mode"] == "sample"]
+    if len(sample):
+        per_problem = sample.groupby("problem")["correct"].agg(["size", "sum", "mean"])
+        n = int(per_problem["size"].min())
+        out["n_samples"] = n
+        out[f"avg@{n}"] = float(per_problem["mean"].mean())
+        _, lo, hi = mean_ci(per_problem["mean"].to_numpy())
+        out[f"avg@{n}_ci95"] = [lo, hi]
+        out["mean_response_tokens"] = float(sample["num_tokens"].mean())
+        out["finished_fraction"] = float(sample["finished"].mean())
+        for kk in k:
+            if kk <= n:
+                vals = [pass_at_k(int(r["size"]), int(r["sum"]), kk)
+                        for _, r in per_problem.iterrows()]
+                out[f"pass@{kk}"] = float(sum(vals) / len(vals))
+    return out
+
+
+@torch.inference_mode()
+def evaluate_multiple_choice(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[dict],
+    spec: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """k-shot MMLU by the next-token logits of `` A``…`` D`` at the end of the prompt."""
+    shots, rest = bench.balanced_shots(list(items), spec["shots"])
+    if spec["n_problems"] is not None:
+        rest = rest[: spec["n_problems"]]
+    letter_ids = [tokenizer(f" {L}", add_special_tokens=False).input_ids[-1]
+                  for L in bench.LETTERS]
+    if len(set(letter_ids)) != 4:
+        raise ValueError("tokenizer does not give four distinct answer-letter tokens")
+    device = next(model.parameters()).device
+    rows = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        bs = spec["batch_size"]
+        for start in tqdm(range(0, len(rest), bs), desc="mmlu", disable=not progress):
+            chunk = rest[start:start + bs]
+            enc = tokenizer([bench.mmlu_prompt(it, shots) for it in chunk], return_tensors="pt",
+                            padding=True).to(device)
+            logits = model(**enc).logits[:, -1, :].float()
+            letter_logits = logits[:, letter_ids]
+            top = logits.argmax(-1)
+            for it, ll, t in zip(chunk, letter_logits, top, strict=True):
+                pred = bench.LETTERS[int(ll.argmax())]
+                rows.append({"item_id": str(it["id"]), "answer": it["answer"], "pred": pred,
+                             "correct": pred == it["answer"],
+                             "letter_is_top1": int(t) in letter_ids,
+                             **{f"logit_{L}": float(v) for L, v in zip(bench.LETTERS, ll,
+                                                                       strict=True)}})
+    finally:
+        tokenizer.padding_side = side
+    table = pd.DataFrame(rows)
+    acc = table["correct"].astype(float).to_numpy()
+    _, lo, hi = mean_ci(acc)
+    summary = {"num_problems": len(table), "shots": len(shots), "accuracy": float(acc.mean()),
+               "accuracy_ci95": [lo, hi],
+               "letter_top1_fraction": float(table["letter_is_top1"].mean()),
+               "answer_distribution": table["answer"].value_counts().to_dict()}
+    return table, summary
