@@ -198,6 +198,47 @@ def evaluate(ns: argparse.Namespace) -> None:
 
 
 @stage(
+    "responses",
+    arg("--name", required=True, help="model name"),
+    arg("--model-dir", required=True),
+    SPEC,
+    arg("--data", default=None, help="Countdown split (jsonl), for countdown prompts"),
+    arg("--source", required=True, help="model source (selects the prompt style)"),
+    arg("--seed", type=int, default=0),
+    arg("--out", required=True, help="responses table (parquet)"),
+    arg("--cache-dir", default=os.environ.get("PIPELINE_CACHE")),
+    THREADS,
+    JOB,
+)
+def responses(ns: argparse.Namespace) -> None:
+    """Sample the responses the analyses share (token ids kept)."""
+    from pipeline import io
+    from pipeline.evaluation import items as bench
+    from pipeline.models import load
+    from pipeline.responses import sample_responses
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    style = spec["prompt_style"]
+    if style == "auto":
+        style = "builtin" if ns.source == "builtin" else "chat"
+    with job_run(_job(ns)) as run:
+        run.params({**spec, "resolved_prompt_style": style, "seed": ns.seed})
+        items = bench.load_items({**spec, "n_problems": spec["n_prompts"]}, data=ns.data,
+                                 cache_dir=ns.cache_dir)
+        model, tokenizer = load(ns.model_dir, attn_implementation="eager")
+        table = sample_responses(model, tokenizer, spec["task"], items, spec, style=style,
+                                 seed=ns.seed)
+        io.write_table(ns.out, table)
+        run.metrics({"num_responses": len(table),
+                     "mean_response_tokens": float(table["num_response_tokens"].mean()),
+                     "accuracy": float(table["correct"].mean()),
+                     "finished_fraction": float(table["finished"].mean())})
+        run.table(table.drop(columns=["prompt_ids", "response_ids"]), "responses.parquet")
+
+
+@stage(
     "summarize",
     arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
     arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),

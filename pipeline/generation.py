@@ -21,6 +21,7 @@ class Generation:
     text: str
     num_tokens: int
     finished: bool  # ended with EOS rather than the length limit
+    token_ids: list[int]  # the sampled tokens, EOS included when finished
 
 
 @torch.inference_mode()
@@ -69,8 +70,9 @@ def generate(
                     ids = ids[: ids.index(eos)]
                 else:
                     ids = [t for t in ids if t != tokenizer.pad_token_id]
+                token_ids = ids + [eos] if finished else ids
                 out.append(Generation(i, j, tokenizer.decode(ids, skip_special_tokens=False),
-                                      len(ids) + int(finished), finished))
+                                      len(token_ids), finished, token_ids))
             bar.update(len(chunk))
         bar.close()
     finally:

@@ -85,3 +85,22 @@ def evaluation_inputs(config: dict[str, Any], root_dir: str, model: str,
     if bench["task"] == "countdown":
         inputs["data"] = f"{root_dir}/data/countdown/{bench['split']}.jsonl"
     return inputs
+
+
+def analysis_models(config: dict[str, Any]) -> list[str]:
+    models = config["analysis"]["models"]
+    return list(config["models"]) if models == "all" else list(models)
+
+
+def responses_spec(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The response-sampling settings of a model (builtin vs pretrained)."""
+    kind = "builtin" if config["models"][model]["source"] == "builtin" else "pretrained"
+    return config["analysis"]["responses"][kind]
+
+
+def responses_inputs(config: dict[str, Any], root_dir: str, model: str) -> dict[str, str]:
+    spec = responses_spec(config, model)
+    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    if spec["task"] == "countdown":
+        inputs["data"] = f"{root_dir}/data/countdown/{spec['split']}.jsonl"
+    return inputs
