@@ -21,6 +21,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/responses.smk"
+include: "workflow/rules/decomposition.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -28,3 +30,5 @@ rule all:
     default_target: True
     input:
         rules.report_summary.output,
+        expand(f"{R}/decomposition/{{model}}/summary.json", model=ANALYSIS_MODELS),
+        rules.decomposition_compare.output,

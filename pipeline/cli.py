@@ -239,6 +239,89 @@ def responses(ns: argparse.Namespace) -> None:
 
 
 @stage(
+    "decomposition",
+    arg("--name", required=True, help="model name"),
+    arg("--model-dir", required=True),
+    arg("--responses", required=True, help="responses table (parquet)"),
+    SPEC,
+    arg("--out-table", required=True),
+    arg("--out-summary", required=True),
+    arg("--out-boundary", required=True),
+    arg("--fig-dir", required=True),
+    THREADS,
+    JOB,
+)
+def decomposition(ns: argparse.Namespace) -> None:
+    """Internal-policy entropies, ΔH and the boundary layer of one model (methods.md §1)."""
+    import pandas as pd
+
+    from pipeline import io
+    from pipeline.decomposition import stage as dec
+    from pipeline.models import load
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    with job_run(_job(ns)) as run:
+        run.params(spec)
+        model, tokenizer = load(ns.model_dir, dtype="float32")
+        table = pd.read_parquet(ns.responses)
+        tidy, summary = dec.decompose_responses(
+            model, table, tokenizer.pad_token_id, model_name=ns.name,
+            conventions=spec["conventions"], batch_size=spec["batch_size"])
+        per_layer = pd.DataFrame(summary.pop("per_layer"))
+        io.write_table(ns.out_table, tidy)
+        per_layer_path = Path(ns.out_summary).with_name("per_layer.csv")
+        io.write_table(per_layer_path, per_layer)
+        conv = spec["conventions"][0]
+        boundary = {
+            "model": ns.name, "convention": conv,
+            "boundary_layer": summary[f"boundary_layer_{conv}"],
+            "definition": "methods.md §1.1 boundary layer; see "
+                          "pipeline.decomposition.boundary_layer",
+            "delta_ffn": summary[f"delta_ffn_{conv}"],
+            "num_layers": model.config.num_hidden_layers,
+        }
+        io.write_json(ns.out_boundary, boundary)
+        summary.update({"model": ns.name, "num_responses": len(table),
+                        "response_tokens": int(table["num_response_tokens"].sum())})
+        io.write_json(ns.out_summary, summary)
+        fig_dir = Path(ns.fig_dir)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for c in spec["conventions"]:
+            for fname, fig in ((f"entropy_flow_{c}.png", dec.entropy_flow_figure(
+                    per_layer, ns.name, c)), (f"delta_{c}.png", dec.delta_figure(
+                    per_layer, ns.name, c))):
+                fig.savefig(fig_dir / fname, dpi=130)
+                run.figure(fig, fname)
+        run.metrics({k: v for k, v in summary.items() if isinstance(v, int | float)})
+        run.table(per_layer, "per_layer.csv")
+        run.artifact(ns.out_boundary)
+
+
+@stage(
+    "decomposition-compare",
+    arg("--summaries", nargs="+", required=True, help="per_layer.csv of each model"),
+    arg("--names", nargs="+", required=True),
+    arg("--out-figure", required=True),
+    JOB,
+)
+def decomposition_compare(ns: argparse.Namespace) -> None:
+    """Overlay the models' entropy patterns on a normalised depth axis."""
+    import pandas as pd
+
+    from pipeline.decomposition.stage import compare_figure
+    from pipeline.tracking import job_run
+
+    with job_run(_job(ns)) as run:
+        per_model = {n: pd.read_csv(p) for n, p in zip(ns.names, ns.summaries, strict=True)}
+        fig = compare_figure(per_model)
+        Path(ns.out_figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(ns.out_figure, dpi=130)
+        run.figure(fig, Path(ns.out_figure).name)
+
+
+@stage(
     "summarize",
     arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
     arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),

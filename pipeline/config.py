@@ -88,6 +88,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
         if cd[lo] > cd[hi]:
             raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
+    am = config["analysis"]["models"]
+    if am != "all" and (unknown := [m for m in am if m not in config["models"]]):
+        raise ConfigError(f"config error at analysis.models: unknown models {unknown}; "
+                          f"known: {sorted(config['models'])}")
     for bname, bench in config["evaluation"]["benchmarks"].items():
         at = f"config error at evaluation.benchmarks.{bname}"
         if bench["models"] != "all":

@@ -38,6 +38,7 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     desc: str = "generate",
+    **generate_kwargs,
 ) -> list[Generation]:
     """``n`` responses per prompt; results ordered by (prompt_index, sample_index)."""
     if n < 1 or batch_size < 1:
@@ -55,6 +56,7 @@ def generate(
                   pad_token_id=tokenizer.pad_token_id)
     if sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    kwargs.update(generate_kwargs)
     try:
         bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="seq")
         for start in range(0, len(items), batch_size):

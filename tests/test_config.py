@@ -26,7 +26,10 @@ def test_defaults_are_filled():
     assert config["seeds"] == [0]
     assert config["mlflow"] == {"tracking_uri": None, "experiment_name": "reasoning-inside"}
     assert config["tasks"]["countdown"]["splits"] == {"train": 20000, "test": 200}
-    assert config["evaluation"]["countdown"]["k"] == [1, 8]
+    bench = config["evaluation"]["benchmarks"]["countdown"]
+    assert bench["task"] == "countdown" and bench["k"] == [1, 8] and bench["models"] == "all"
+    assert config["analysis"]["responses"]["builtin"]["task"] == "countdown"
+    assert config["analysis"]["decomposition"]["conventions"] == ["raw", "final_norm"]
 
 
 def _with(path: str, value) -> dict:
@@ -48,7 +51,11 @@ def _with(path: str, value) -> dict:
         ("models.m.hiddn", 3, "models.m: Additional properties are not allowed ('hiddn'"),
         ("models.m.source", "ftp", "models.m.source: 'ftp' is not one of"),
         ("tasks.countdown.num_numbers", 1, "tasks.countdown.num_numbers: 1 is less than"),
-        ("evaluation.countdown.top_p", 0, "evaluation.countdown.top_p: 0 is less than or equal"),
+        ("evaluation.benchmarks.cd", {"task": "countdown", "top_p": 0},
+         "evaluation.benchmarks.cd.top_p: 0 is less than or equal"),
+        ("evaluation.benchmarks.cd", {"task": "essay"}, "evaluation.benchmarks.cd.task: 'essay'"),
+        ("analysis.decomposition.conventions", ["raw", "lens"],
+         "analysis.decomposition.conventions.1: 'lens' is not one of"),
         ("mlflow.uri", "x", "mlflow: Additional properties are not allowed ('uri'"),
         ("experimnt", "x", "<top level>: Additional properties are not allowed ('experimnt'"),
         ("models.bad name", {"source": "builtin", "arch": "llama"}, "does not match"),
@@ -74,8 +81,15 @@ def test_hub_model_requires_pinned_revision():
         ("models.m.num_heads", 3, "models.m.num_heads: 3 does not divide hidden_size 128"),
         ("models.m.num_kv_heads", 3, "models.m.num_kv_heads: 3 does not divide num_heads 4"),
         ("tasks.countdown.min_number", 50, "tasks.countdown.min_number: 50 > max_number 30"),
-        ("evaluation.countdown.split", "dev", "evaluation.countdown.split: 'dev' is not a split"),
-        ("evaluation.countdown.k", [1, 16], "evaluation.countdown.k: [16] exceed n_samples 8"),
+        ("evaluation.benchmarks.cd", {"task": "countdown", "split": "dev"},
+         "evaluation.benchmarks.cd.split: 'dev' is not a split"),
+        ("evaluation.benchmarks.cd", {"task": "countdown", "k": [1, 16]},
+         "evaluation.benchmarks.cd.k: [16] exceed n_samples 8"),
+        ("evaluation.benchmarks.cd", {"task": "countdown", "models": ["nope"]},
+         "evaluation.benchmarks.cd.models: unknown models ['nope']"),
+        ("evaluation.benchmarks.cd", {"task": "math"},
+         "evaluation.benchmarks.cd.dataset: a math benchmark needs a dataset"),
+        ("analysis.models", ["m", "x"], "analysis.models: unknown models ['x']"),
     ],
 )
 def test_semantic_errors(path, value, expected):

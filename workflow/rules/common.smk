@@ -6,6 +6,7 @@ from pipeline import tracking
 R = pw.root(config)
 MODELS = list(config["models"])
 SEEDS = config["seeds"]
+ANALYSIS_MODELS = pw.analysis_models(config)
 
 
 wildcard_constraints:

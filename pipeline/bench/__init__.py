@@ -1,0 +1,13 @@
+"""Micro-benchmarks: ``python -m pipeline.bench <name> [options]``.
+
+:data:`BENCHMARKS` maps a name to its module (imported only when selected); see
+``pipeline/bench/__main__.py`` for the two module interfaces accepted.
+"""
+
+from __future__ import annotations
+
+BENCHMARKS: dict[str, str] = {
+    "decomposition": "pipeline.bench.decomposition",
+    "generation": "pipeline.bench.generation",
+    "attention": "pipeline.bench.attention",
+}

@@ -1,0 +1,118 @@
+"""Benchmark: tokens/s of the pipeline's sampler vs plain ``model.generate``.
+
+``python -m pipeline.bench generation [--model DIR] [--batch-sizes 1 8 32] [--new-tokens 64]``
+
+Same prompts, same number of new tokens (EOS disabled so every row generates exactly
+``--new-tokens``), in one run. "plain" = ``AutoModelForCausalLM.from_pretrained`` with the
+default attention (sdpa) and ``generate`` on the prompts in their given order; "ours" =
+:func:`pipeline.generation.generate` on the model loaded as every stage loads it for
+sampling (eager attention) with length-sorted batches. Also prints where the time goes:
+prefill (one forward over the prompts) vs per-token decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.generation import generate
+from pipeline.models import load
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain why the sky is blue in two sentences.",
+    "List three prime numbers greater than 50.",
+    "What is 17 times 23? Show your steps.",
+    "Give me a short recipe for pancakes.",
+    "Translate 'good morning' into Spanish and German.",
+    "Summarise the plot of Romeo and Juliet in one sentence.",
+]
+
+
+def _chat(tok, text: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def _plain(model, tok, prompts: list[str], bs: int, new: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), bs):
+        enc = tok(prompts[i:i + bs], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+        model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=True,
+                       temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id)
+    return time.perf_counter() - t0
+
+
+def _ours(model, tok, prompts: list[str], bs: int, new: int) -> float:
+    eos = tok.eos_token_id
+    t0 = time.perf_counter()
+    try:  # EOS disabled so both sides generate exactly `new` tokens per row
+        tok.eos_token_id = None
+        model.generation_config.eos_token_id = None
+        generate(model, tok, prompts, n=1, temperature=1.0, max_new_tokens=new,
+                 batch_size=bs, progress=False, min_new_tokens=new)
+    finally:
+        tok.eos_token_id = eos
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def _split(model, tok, prompts: list[str], bs: int, new: int) -> tuple[float, float]:
+    """Prefill time of one batch, and mean decode-step time of the same batch."""
+    enc = tok(prompts[:bs], return_tensors="pt", padding=True, add_special_tokens=False)
+    t0 = time.perf_counter()
+    out = model(**enc, use_cache=True)
+    prefill = time.perf_counter() - t0
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    mask = enc["attention_mask"]
+    t0 = time.perf_counter()
+    steps = min(new, 16)
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return prefill, (time.perf_counter() - t0) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench generation")
+    p.add_argument("--model", default="results/default/models/smollm2-135m-instruct/model")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ours_model, tok = load(a.model, device="cpu", attn_implementation="eager")
+    plain_model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    tok.padding_side = "left"
+    print(f"model {a.model}: plain attn={plain_model.config._attn_implementation}, "
+          f"ours attn={ours_model.config._attn_implementation}; torch threads "
+          f"{torch.get_num_threads()}; {a.new_tokens} new tokens per row")
+    print(f"{'batch':>5} {'rows':>5} {'plain tok/s':>12} {'ours tok/s':>11} {'ratio':>6}")
+    for bs in a.batch_sizes:
+        rows = max(bs, 8)
+        prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+        _plain(plain_model, tok, prompts[:bs], bs, 4)  # warm-up
+        t_plain = _plain(plain_model, tok, prompts, bs, a.new_tokens)
+        t_ours = _ours(ours_model, tok, prompts, bs, a.new_tokens)
+        n_tok = rows * a.new_tokens
+        print(f"{bs:>5} {rows:>5} {n_tok / t_plain:>12.1f} {n_tok / t_ours:>11.1f} "
+              f"{t_plain / t_ours:>6.2f}")
+    print("\nwhere the time goes (one batch, greedy): prefill s, decode ms/step")
+    for name, model in (("plain", plain_model), ("ours", ours_model)):
+        for bs in a.batch_sizes:
+            prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(bs)]
+            pre, dec = _split(model, tok, prompts, bs, a.new_tokens)
+            print(f"  {name:5} batch {bs:>3}: prefill {pre:6.3f} s, decode {1e3 * dec:7.1f} "
+                  f"ms/step ({bs / dec:6.1f} tok/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Internal layer and module policies' entropies via forward hooks (methods.md §1.1, §1.2).
+
+One no-grad forward of the base decoder with hooks on the standard HF modules
+(:mod:`.layout`). Each captured activation is gathered at the non-padding positions and
+reduced to entropies inside the hook (:class:`.entropy.UnembeddingEntropy`), so padding
+costs nothing and no [layers, tokens, vocab] tensor exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.decomposition.entropy import UnembeddingEntropy, cosine
+from pipeline.decomposition.layout import find_layout
+
+#: Keys of :func:`internal_entropies` with one entry per block, shape [B, L, T].
+MODULE_KEYS = ("attn", "ffn", "attn_in", "ffn_in", "cos_attn", "cos_ffn")
+
+
+def _hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """The hidden-states input of a module call (keyword ``hidden_states`` or first arg)."""
+    x = kwargs.get("hidden_states")
+    if isinstance(x, Tensor):
+        return x
+    if args and isinstance(args[0], Tensor):
+        return args[0]
+    raise RuntimeError("cannot find the hidden_states input of a hooked module call")
+
+
+def _first(output: Any) -> Tensor:
+    """A module's main output: the tensor itself or the first element of a tuple/list."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise RuntimeError(f"cannot read a tensor from a hooked module output ({type(output)})")
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, as ``generate`` does (left padding safe)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def internal_entropies(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    apply_final_norm: bool = False,
+    chunk_tokens: int | None = None,
+    token_mask: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Entropies (nats) of the internal layer and module policies, methods.md §1.1.
+
+    Returns float32 tensors on ``input_ids.device``, NaN at padding positions:
+
+    - ``"layer"`` [B, L+1, T]: H(softmax(W_U h[l])) for h[0] (input of block 1) … h[L]
+      (raw output of block L, before the final norm);
+    - ``"attn"``, ``"ffn"`` [B, L, T]: H of the residual contributions A^l (attention output
+      after ``o_proj``) and F^l (MLP output); sandwich-norm blocks (Gemma 2/3, OLMo 2):
+      the post-attention / post-feedforward norm outputs, i.e. what is added to the residual;
+    - ``"attn_in"``, ``"ffn_in"`` [B, L, T]: H of the modules' actual (normed) inputs,
+      input_layernorm(h[l−1]) and post_attention_layernorm(h[l−1] + A^l);
+    - ``"cos_attn"`` = cos(A^l, h[l−1]), ``"cos_ffn"`` = cos(F^l, h[l−1] + A^l) [B, L, T].
+
+    ``apply_final_norm=True`` projects every quantity as softmax(W_U norm_f(x)) (logit
+    lens). The ``lm_head`` bias and a ``config.final_logit_softcapping`` are included.
+    ``chunk_tokens``: rows per unembedding GEMM (methods.md §1.2); None = auto (≈256 MiB
+    of logits per buffer). Position ids are computed from the mask, so left padding works.
+    ``token_mask`` [B, T] (optional): project only these positions (e.g. the response
+    tokens; the forward still sees the whole sequence); the others are NaN like padding.
+    """
+    layout = find_layout(model, need_final_norm=apply_final_norm)
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+    n_batch, n_tok = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    mask = attention_mask.to(input_ids.device).bool()
+    config = getattr(model, "config", None)
+    project = UnembeddingEntropy(
+        layout.lm_head,
+        final_norm=layout.final_norm if apply_final_norm else None,
+        softcap=getattr(config, "final_logit_softcapping", None),
+        chunk_tokens=chunk_tokens,
+    )
+    n_layers = len(layout.blocks)
+    keep = mask if token_mask is None else mask & token_mask.to(mask.device).bool()
+    flat_idx = keep.reshape(-1).nonzero().squeeze(1)
+    n_real = flat_idx.numel()
+    dev = project.device
+    vals = {"layer": torch.full((n_layers + 1, n_real), torch.nan, device=dev)}
+    vals.update({k: torch.full((n_layers, n_real), torch.nan, device=dev) for k in MODULE_KEYS})
+    filled: set[tuple[str, int]] = set()
+    state: dict[str, Tensor] = {}
+    idx_cache: dict[torch.device, Tensor] = {}
+
+    def gather(h: Tensor) -> Tensor:
+        if h.device not in idx_cache:
+            idx_cache[h.device] = flat_idx.to(h.device)
+        return h.reshape(-1, h.shape[-1]).index_select(0, idx_cache[h.device])
+
+    def put(key: str, row: int, value: Tensor) -> None:
+        vals[key][row] = value.to(dev)
+        filled.add((key, row))
+
+    def block_pre(i: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            state["h_in"] = gather(_hidden_arg(args, kwargs))
+            if i == 0:
+                put("layer", 0, project(state["h_in"]))
+        return hook
+
+    def block_post(i: int) -> Callable:
+        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
+            put("layer", i + 1, project(gather(_first(output))))
+            state.clear()
+        return hook
+
+    def module_in(key: str, i: int) -> Callable:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            put(key, i, project(gather(_hidden_arg(args, kwargs))))
+        return hook
+
+    def attn_out(i: int) -> Callable:
+        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
+            a = gather(_first(output))
+            put("attn", i, project(a))
+            h_in = state["h_in"].to(a.device)
+            put("cos_attn", i, cosine(a, h_in))
+            state["mid"] = h_in.float() + a.float()
+        return hook
+
+    def ffn_out(i: int) -> Callable:
+        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
+            f = gather(_first(output))
+            put("ffn", i, project(f))
+            put("cos_ffn", i, cosine(f, state["mid"].to(f.device)))
+        return hook
+
+    handles = []
+    try:
+        for i, blk in enumerate(layout.blocks):
+            handles += [
+                blk.block.register_forward_pre_hook(block_pre(i), with_kwargs=True),
+                blk.attn.register_forward_pre_hook(module_in("attn_in", i), with_kwargs=True),
+                blk.attn_out.register_forward_hook(attn_out(i)),
+                blk.mlp.register_forward_pre_hook(module_in("ffn_in", i), with_kwargs=True),
+                blk.ffn_out.register_forward_hook(ffn_out(i)),
+                blk.block.register_forward_hook(block_post(i)),
+            ]
+        was_training = model.training
+        model.eval()
+        try:
+            layout.decoder(
+                input_ids=input_ids,
+                attention_mask=mask.long(),
+                position_ids=position_ids_from_mask(mask),
+                use_cache=False,
+            )
+        finally:
+            model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+        project.release()
+    expected = {("layer", r) for r in range(n_layers + 1)}
+    expected |= {(k, r) for k in MODULE_KEYS for r in range(n_layers)}
+    if missing := sorted(expected - filled):
+        raise RuntimeError(f"hooks did not fire for {missing[:5]} (unusual decoder layout?)")
+    out = {}
+    for key, v in vals.items():
+        full = torch.full((v.shape[0], n_batch, n_tok), torch.nan, device=input_ids.device)
+        full[:, keep] = v.to(input_ids.device)
+        out[key] = full.permute(1, 0, 2).contiguous()
+    return out
