@@ -23,6 +23,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/responses.smk"
 include: "workflow/rules/decomposition.smk"
+include: "workflow/rules/attention.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -32,3 +33,4 @@ rule all:
         rules.report_summary.output,
         expand(f"{R}/decomposition/{{model}}/summary.json", model=ANALYSIS_MODELS),
         rules.decomposition_compare.output,
+        expand(f"{R}/attention/{{model}}/summary.json", model=ANALYSIS_MODELS),

@@ -322,6 +322,60 @@ def decomposition_compare(ns: argparse.Namespace) -> None:
 
 
 @stage(
+    "attention",
+    arg("--name", required=True, help="model name"),
+    arg("--model-dir", required=True),
+    arg("--responses", required=True, help="responses table (parquet)"),
+    SPEC,
+    arg("--out-tokens", required=True),
+    arg("--out-heads", required=True),
+    arg("--out-summary", required=True),
+    arg("--fig-dir", required=True),
+    THREADS,
+    JOB,
+)
+def attention(ns: argparse.Namespace) -> None:
+    """Attention rhythm of a model's responses: head groups, WAAD, FAI, preplan/anchor
+    tokens (methods.md §3)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pipeline import io
+    from pipeline.attention import stage as att
+    from pipeline.models import load
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    with job_run(_job(ns)) as run:
+        run.params(spec)
+        model, tokenizer = load(ns.model_dir, dtype="float32")
+        table = pd.read_parquet(ns.responses).reset_index(drop=True)
+        tokens, heads, summary = att.analyse_responses(model, tokenizer, table, spec,
+                                                       model_name=ns.name)
+        io.write_table(ns.out_tokens, tokens)
+        io.write_table(ns.out_heads, heads)
+        io.write_json(ns.out_summary, summary)
+        fig_dir = Path(ns.fig_dir)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        longest = int(table["num_response_tokens"].idxmax())
+        figures = {
+            "heatmap.png": att.heatmap_figure(model, tokenizer, table.iloc[longest], spec,
+                                              model_name=ns.name),
+            "trace.png": att.trace_figure(tokens, longest, model=ns.name),
+            "head_distance.png": att.head_distance_figure(heads),
+        }
+        for fname, fig in figures.items():
+            fig.savefig(fig_dir / fname, dpi=130)
+            run.figure(fig, fname)
+            plt.close(fig)
+        run.metrics({k: v for k, v in summary.items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
+        run.table(tokens, "tokens.parquet")
+        run.table(heads, "heads.parquet")
+
+
+@stage(
     "summarize",
     arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
     arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),

@@ -65,3 +65,46 @@ def test_sft_lowers_completion_loss(tiny_model, char_tokenizer):
                      warmup_steps=2, log_every=10, progress=False)
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
     assert not model.training
+
+
+def test_rows_finishing_early_are_dropped_correctly(tiny_model, char_tokenizer):
+    """Make a token the greedy path emits mid-way the EOS: that row must stop there while
+    the other rows (and their caches, after the batch shrinks) continue unchanged."""
+    import copy
+
+    prompts = ["Numbers: 1 2 3\nTarget: 6\n", "Numbers: 10 20 3\nTarget: 33\n", "N"]
+    free = [_naive_greedy(tiny_model, char_tokenizer, p, 10) for p in prompts]
+    tok = copy.deepcopy(char_tokenizer)
+    stop_char = free[0][3]
+    tok.eos_token = stop_char
+    gens = generate(tiny_model, tok, prompts, temperature=0.0, max_new_tokens=10,
+                    batch_size=3, progress=False)
+    for g, full in zip(gens, free, strict=True):
+        cut = full.find(stop_char)
+        if cut >= 0:
+            assert g.finished and g.text == full[:cut] and g.num_tokens == cut + 1
+        else:
+            assert not g.finished and g.text == full
+
+
+def test_hf_generate_agrees_on_greedy(tiny_model, char_tokenizer):
+    prompts = ["Numbers: 4 5\nTarget: 9\n", "N"]
+    ours = generate(tiny_model, char_tokenizer, prompts, temperature=0.0, max_new_tokens=8,
+                    batch_size=2, progress=False, min_new_tokens=8)
+    enc = char_tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    hf = tiny_model.generate(**enc, do_sample=False, max_new_tokens=8, min_new_tokens=8,
+                             pad_token_id=char_tokenizer.pad_token_id)
+    for g, row in zip(ours, hf[:, enc["input_ids"].shape[1]:], strict=True):
+        assert g.token_ids == row.tolist()
+
+
+def test_top_p_keeps_the_nucleus():
+    from pipeline.generation import sample_next
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, 1.0, 0.75, g)
+    assert set(picks.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75: tokens 2, 3 never drawn
+    share = (picks == 0).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.04
+    assert sample_next(logits[:1], 0.0, 1.0, None).item() == 0

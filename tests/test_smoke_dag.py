@@ -49,6 +49,19 @@ def test_outputs(smoke_run):
         assert len(samples) == 24 * (1 + 2)  # greedy + 2 samples per problem
         summary = json.loads((ev / "summary.json").read_text())
         assert summary["num_problems"] == 24 and summary["model"] == model
+    for model in ("llama-smoke", "qwen3-smoke"):
+        responses = pd.read_parquet(root / "responses" / model / "responses.parquet")
+        assert len(responses) == 6
+        dec = pd.read_parquet(root / "decomposition" / model / "entropies.parquet")
+        assert set(dec["convention"]) == {"raw", "final_norm"}
+        assert set(dec["module"]) == {"layer", "attn", "ffn", "attn_in", "ffn_in"}
+        boundary = json.loads((root / "decomposition" / model / "boundary.json").read_text())
+        assert 1 <= boundary["boundary_layer"] <= 2
+        tokens = pd.read_parquet(root / "attention" / model / "tokens.parquet")
+        assert len(tokens) == responses["num_response_tokens"].sum()
+        for fig in ("heatmap.png", "trace.png", "head_distance.png"):
+            assert (root / "attention" / model / "figures" / fig).stat().st_size > 1000
+    assert (root / "decomposition" / "compare_models.png").exists()
     train = (root / "data" / "countdown" / "train.jsonl").read_text().splitlines()
     test = (root / "data" / "countdown" / "test.jsonl").read_text().splitlines()
     assert len(train) == 500 and len(test) == 24 and not set(train) & set(test)
@@ -66,8 +79,9 @@ def test_mlflow_runs_nested(smoke_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     rules = sorted(r.data.tags["rule"] for r in children)
-    assert rules == ["countdown_data", "evaluate", "evaluate", "provision", "provision",
-                     "report_summary"]
+    assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare"]
+                           + 2 * ["evaluate", "provision", "responses", "decomposition",
+                                  "attention"])
     assert len(children) == len(runs) - 1
     for r in children:
         assert r.info.status == "FINISHED"

@@ -1,0 +1,101 @@
+"""Guess-then-refine depth analysis (methods.md §4): logit and tuned lens at the last
+prompt position, decision depth, frequency buckets, fact / MCQ / POS prompt sets.
+
+Public API::
+
+    target_ranks(model, input_ids, attention_mask=None, *, lens=None, targets=None)
+        -> LongTensor [B, L+1]   # strict rank of the target (default: greedy next token)
+                                 # at the last non-padding position, per h[0]..h[L]
+    lens_predictions(model, input_ids, attention_mask=None, *, lens=None, targets=None)
+        -> (ranks [B, L+1], top1 [B, L+1], final_top1 [B])
+    layer_top1(model, input_ids, attention_mask=None, *, lens=None) -> [B, L+1]
+    option_ranks(model, input_ids, attention_mask, option_ids, *, lens=None) -> dict
+    predict_prompts / predict_options(model, tokenizer, prompts, ...)   # many prompts
+    TunedLens(d_model, num_layers, *, alignment="input"|"output"); .from_model(model),
+        .save(dir), TunedLens.load(dir, model), TunedLens.load_library(dir, model)
+    train_tuned_lens(model, tokenizer, texts, *, steps, tokens_per_step, lr, ...)
+        -> (lens, history DataFrame)
+    per_layer_kl(model, lens_or_None, texts, *, tokenizer, ...) -> [L+1] nats
+    earliest_layer(ranks, k, *, stays=False) -> [N];  decision_depth_curve(ranks, ks)
+    frequency_ranks(tokenizer, texts) -> (counts, freq_rank);  bucket_of(ids, freq_rank)
+    bucket_mix(top1, final, freq_rank);  flip_rates(top1, final, freq_rank)
+    prompts: cut_passages, teacher_forced_fact_prompts, mcq_prompts, pos_prompts
+"""
+
+from pipeline.depth.lens import ALIGNMENTS, TunedLens
+from pipeline.depth.metrics import (
+    BUCKETS,
+    bucket_index,
+    bucket_mix,
+    bucket_of,
+    decision_depth_curve,
+    earliest_layer,
+    first_true,
+    flip_rates,
+    frequency_ranks,
+    log_spaced_ks,
+)
+from pipeline.depth.prompts import (
+    CONTENT_TAGS,
+    FUNCTION_TAGS,
+    cut_passages,
+    first_word_with_tag,
+    mcq_prompts,
+    pos_prompts,
+    split_continuation,
+    teacher_forced_fact_prompts,
+)
+from pipeline.depth.ranks import (
+    LensPredictions,
+    layer_pass,
+    layer_top1,
+    lens_predictions,
+    option_ranks,
+    option_token_ids,
+    predict_options,
+    predict_prompts,
+    strict_rank,
+    target_ranks,
+)
+from pipeline.depth.readout import Readout, capture_hidden, last_positions, pad_token_ids
+from pipeline.depth.tuned import pack_texts, per_layer_kl, train_tuned_lens
+
+__all__ = [
+    "ALIGNMENTS",
+    "BUCKETS",
+    "CONTENT_TAGS",
+    "FUNCTION_TAGS",
+    "LensPredictions",
+    "Readout",
+    "TunedLens",
+    "bucket_index",
+    "bucket_mix",
+    "bucket_of",
+    "capture_hidden",
+    "cut_passages",
+    "decision_depth_curve",
+    "earliest_layer",
+    "first_true",
+    "first_word_with_tag",
+    "flip_rates",
+    "frequency_ranks",
+    "last_positions",
+    "layer_pass",
+    "layer_top1",
+    "lens_predictions",
+    "log_spaced_ks",
+    "mcq_prompts",
+    "option_ranks",
+    "option_token_ids",
+    "pack_texts",
+    "pad_token_ids",
+    "per_layer_kl",
+    "pos_prompts",
+    "predict_options",
+    "predict_prompts",
+    "split_continuation",
+    "strict_rank",
+    "target_ranks",
+    "teacher_forced_fact_prompts",
+    "train_tuned_lens",
+]
