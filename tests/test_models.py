@@ -15,10 +15,14 @@ from pipeline.models import load
 from pipeline.models import provision as prov
 from pipeline.models.tokenizer import build_char_tokenizer
 from pipeline.tasks import countdown
-from tests.conftest import TINY
 
 SFT = {"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "weight_decay": 0.01,
        "grad_clip": 1.0}
+
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+            head_dim=None, max_position_embeddings=256, rope_theta=10000.0,
+            tie_word_embeddings=True, seed=0)
 
 
 def _spec(arch: str) -> dict:

@@ -134,7 +134,7 @@ def bucket_of(token_ids, freq_rank) -> np.ndarray | str:
 
 def _with_final(top1, final) -> np.ndarray:
     """top-1 per layer [N, L+1] with column L replaced by the model output ``final``."""
-    t = np.array(top1.cpu() if isinstance(top1, Tensor) else top1, dtype=np.int64)
+    t = np.array(top1.cpu().numpy() if isinstance(top1, Tensor) else top1, dtype=np.int64)
     f = np.asarray(final.cpu() if isinstance(final, Tensor) else final, dtype=np.int64)
     if t.ndim != 2 or f.shape != (t.shape[0],):
         raise ValueError(f"top1 must be [N, L+1] and final [N], got {t.shape}, {f.shape}")

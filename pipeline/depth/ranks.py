@@ -40,13 +40,16 @@ def layer_pass(
     lens: TunedLens | None = None,
     chunk_rows: int | None = None,
     on_final: Callable[[slice, Tensor], None] | None = None,
+    readout: Readout | None = None,
 ) -> Tensor:
     """The streaming core: read h[l] at the last positions, compute the model's output
     logits (untranslated h[L]) first — greedy token, and ``on_final(rows, logits)`` if
     given — then call ``fn`` with the lens logits of each layer 0..L for each chunk of
-    rows. Returns the final greedy token [B] (on the ``lm_head`` device)."""
+    rows. Returns the final greedy token [B] (on the ``lm_head`` device). ``readout``: a
+    :class:`Readout` of ``model`` to reuse across calls (saves the fp32 copy of a
+    half-precision ``lm_head``)."""
     layout = find_layout(model)
-    readout = Readout(model, layout=layout, chunk_rows=chunk_rows)
+    readout = readout or Readout(model, layout=layout, chunk_rows=chunk_rows)
     hs = capture_hidden(model, input_ids, attention_mask, layout=layout)  # [L+1, B, d]
     n_layers, n_rows = hs.shape[0] - 1, hs.shape[1]
     final = torch.empty(n_rows, dtype=torch.long, device=readout.device)
@@ -78,6 +81,7 @@ def lens_predictions(
     lens: TunedLens | None = None,
     targets: Tensor | Sequence[int] | None = None,
     chunk_rows: int | None = None,
+    readout: Readout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(ranks [B, L+1], top1 [B, L+1], final_top1 [B])`` (LongTensors on
     ``input_ids.device``) at the last non-padding position of each row.
@@ -102,7 +106,8 @@ def lens_predictions(
         ranks[rows, layer] = strict_rank(z, t).cpu()
         top1[rows, layer] = z.argmax(-1).cpu()
 
-    final = layer_pass(model, input_ids, attention_mask, fn, lens=lens, chunk_rows=chunk_rows)
+    final = layer_pass(model, input_ids, attention_mask, fn, lens=lens, chunk_rows=chunk_rows,
+                       readout=readout)
     dev = input_ids.device
     return ranks.to(dev), top1.to(dev), final.to(dev)
 
@@ -185,11 +190,13 @@ def predict_prompts(
     top1 = np.zeros_like(ranks)
     final = np.zeros(len(enc), dtype=np.int64)
     dev = input_device(model)
+    readout = Readout(model)
     for idx in tqdm(_batches([len(e) for e in enc], batch_size), desc="lens",
                     disable=not progress):
         ids, mask = pad_token_ids([enc[i] for i in idx], pad, side="left")
         t = None if tgt is None else torch.as_tensor(tgt[idx])
-        r, t1, f = lens_predictions(model, ids.to(dev), mask.to(dev), lens=lens, targets=t)
+        r, t1, f = lens_predictions(model, ids.to(dev), mask.to(dev), lens=lens, targets=t,
+                                    readout=readout)
         ranks[idx], top1[idx], final[idx] = r.cpu().numpy(), t1.cpu().numpy(), f.cpu().numpy()
     used = final.copy() if tgt is None else tgt
     return LensPredictions(ranks, top1, final, used)
@@ -215,6 +222,7 @@ def option_ranks(
     *,
     lens: TunedLens | None = None,
     chunk_rows: int | None = None,
+    readout: Readout | None = None,
 ) -> dict[str, Tensor]:
     """Option tokens' ranks per layer at the last position (methods.md §4 case study iii).
 
@@ -229,8 +237,9 @@ def option_ranks(
     - ``"choice_settled"`` [B, L+1]: the chosen option is strictly above the other
       options (the choice among them is made, whatever the non-option tokens do);
     - ``"dominate_layer"``, ``"choice_top1_layer"``, ``"choice_settled_layer"`` [B]: first
-      layer where the flag holds (−1 if never); the "stays" variants are
-      ``first_true(flag, stays=True)``.
+      layer where the flag holds (−1 if never); ``"<flag>_layer_stays"``: first layer from
+      which it holds through h[L] (a choice "settled" by chance at h[0] and lost again
+      counts only in the first variant).
     """
     opt = torch.as_tensor(list(option_ids), dtype=torch.long)
     n_batch, n_opt = input_ids.shape[0], opt.numel()
@@ -255,7 +264,7 @@ def option_ranks(
         final_opt[rows] = z.index_select(1, opt.to(z.device)).cpu()
 
     layer_pass(model, input_ids, attention_mask, fn, lens=lens, chunk_rows=chunk_rows,
-               on_final=on_final)
+               on_final=on_final, readout=readout)
     choice = final_opt.argmax(-1)
     choice_rank = ranks.gather(2, choice[:, None, None].expand(-1, n_cols, 1)).squeeze(2)
     chosen = opt_logits.gather(2, choice[:, None, None].expand(-1, n_cols, 1))
@@ -263,9 +272,9 @@ def option_ranks(
     settled = (chosen.squeeze(2) > others.max(-1).values)
     out = {"ranks": ranks, "choice": choice, "dominate": dominate,
            "choice_top1": choice_rank == 1, "choice_settled": settled}
-    out["dominate_layer"] = first_true(dominate)
-    out["choice_top1_layer"] = first_true(out["choice_top1"])
-    out["choice_settled_layer"] = first_true(settled)
+    for flag in ("dominate", "choice_top1", "choice_settled"):
+        out[f"{flag}_layer"] = first_true(out[flag])
+        out[f"{flag}_layer_stays"] = first_true(out[flag], stays=True)
     return {k: v.to(input_ids.device) for k, v in out.items()}
 
 
@@ -286,11 +295,13 @@ def predict_options(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
     dev = input_device(model)
+    readout = Readout(model)
     out: dict[str, np.ndarray] = {}
     for idx in tqdm(_batches([len(e) for e in enc], batch_size), desc="options",
                     disable=not progress):
         ids, mask = pad_token_ids([enc[i] for i in idx], pad, side="left")
-        res = option_ranks(model, ids.to(dev), mask.to(dev), option_ids, lens=lens)
+        res = option_ranks(model, ids.to(dev), mask.to(dev), option_ids, lens=lens,
+                           readout=readout)
         for k, v in res.items():
             v = v.cpu().numpy()
             if k not in out:

@@ -161,9 +161,9 @@ class Readout:
         self._norm_state: dict[str, Tensor] = {}
         if self.norm is not None:
             for name, p in self.norm.named_parameters():
-                self._norm_state[name] = p.detach().to(torch.float32)
+                self._norm_state[name] = p.detach().to(device=self.device, dtype=torch.float32)
             for name, b in self.norm.named_buffers():
-                self._norm_state[name] = b.detach()
+                self._norm_state[name] = b.detach().to(self.device)
         if chunk_rows is None:
             chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (4 * self.vocab))
         if chunk_rows < 1:

@@ -104,11 +104,13 @@ def evaluate_multiple_choice(
     tokenizer.padding_side = "left"
     try:
         bs = spec["batch_size"]
-        for start in tqdm(range(0, len(rest), bs), desc="mmlu", disable=not progress):
-            chunk = rest[start:start + bs]
-            enc = tokenizer([bench.mmlu_prompt(it, shots) for it in chunk], return_tensors="pt",
+        prompts = {id(it): bench.mmlu_prompt(it, shots) for it in rest}
+        ordered = sorted(rest, key=lambda it: len(prompts[id(it)]))  # less padding
+        for start in tqdm(range(0, len(ordered), bs), desc="mmlu", disable=not progress):
+            chunk = ordered[start:start + bs]
+            enc = tokenizer([prompts[id(it)] for it in chunk], return_tensors="pt",
                             padding=True).to(device)
-            logits = model(**enc).logits[:, -1, :].float()
+            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
             letter_logits = logits[:, letter_ids]
             top = logits.argmax(-1)
             for it, ll, t in zip(chunk, letter_logits, top, strict=True):
@@ -120,7 +122,9 @@ def evaluate_multiple_choice(
                                                                        strict=True)}})
     finally:
         tokenizer.padding_side = side
-    table = pd.DataFrame(rows)
+    order = {str(it["id"]): i for i, it in enumerate(rest)}
+    table = pd.DataFrame(rows).sort_values("item_id", key=lambda c: c.map(order))
+    table = table.reset_index(drop=True)
     acc = table["correct"].astype(float).to_numpy()
     _, lo, hi = mean_ci(acc)
     summary = {"num_problems": len(table), "shots": len(shots), "accuracy": float(acc.mean()),

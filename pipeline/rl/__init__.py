@@ -1,0 +1,55 @@
+"""RL training: GRPO and its baselines, BuPO (methods.md §2) and attention-rhythm credit
+assignment (methods.md §3) on a compact own loop.
+
+Public API::
+
+    group_advantages(rewards, group_size) -> Tensor [N]
+    policy_loss(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2) -> Tensor
+    policy_loss_stats(...) -> LossStats        # the loss plus clip fraction etc.
+    rloo_advantages, reinforce_pp_advantages   # classic baselines
+    token_logprobs(model, input_ids, attention_mask, response_mask) -> [B, T-1]
+    internal_token_logprobs(model, ..., layer, *, apply_final_norm=False) -> [B, T-1]
+    policy_stats(model, ...) -> PolicyStats    # no-grad log-probs, entropies, cos(h[k], h[L])
+    RLConfig, METHODS, train(model, tokenizer, problems, reward_fn, cfg, *, prompt_fn,
+                             out_dir, run=None, resume=True) -> history
+
+Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.credit` (γ and token advantages),
+:mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`.
+"""
+
+from pipeline.rl.config import METHODS, RLConfig
+from pipeline.rl.credit import credit_gamma, token_advantages
+from pipeline.rl.logprobs import (
+    PolicyStats,
+    internal_token_logprobs,
+    policy_stats,
+    token_logprobs,
+)
+from pipeline.rl.losses import (
+    LossStats,
+    group_advantages,
+    policy_loss,
+    policy_loss_stats,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+from pipeline.rl.trainer import task_fns, train
+
+__all__ = [
+    "METHODS",
+    "LossStats",
+    "PolicyStats",
+    "RLConfig",
+    "credit_gamma",
+    "group_advantages",
+    "internal_token_logprobs",
+    "policy_loss",
+    "policy_loss_stats",
+    "policy_stats",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "task_fns",
+    "token_advantages",
+    "token_logprobs",
+    "train",
+]

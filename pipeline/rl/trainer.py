@@ -1,0 +1,364 @@
+"""A compact GRPO-family training loop on plain torch (methods.md §2, §3).
+
+One step: sample ``prompts_per_step`` problems (deterministic from seed and step),
+``group_size`` rollouts each with :func:`pipeline.generation.generate`, rewards from the
+verifier, advantages by method, old log-probs with no grad on the same weights (plus γ
+for attention credit), then ``updates_per_batch`` AdamW updates on disjoint minibatches
+with the clipped surrogate. BuPO optimises π^k (IPA) for steps 1..s_inter, then π_θ,
+with the same optimizer. No KL, no entropy bonus; dropout off (the model stays in eval
+mode; gradients do not depend on it).
+
+Why not TRL: it is not a dependency, and BuPO / token credit would have to override
+private ``GRPOTrainer`` hooks that change between releases; the loop below is ~300 lines,
+single-process, and keeps the seams where ``accelerate`` would wrap things
+(:func:`make_optimizer`, the one ``backward`` call, the device taken from the model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pipeline.generation import generate
+from pipeline.models.provision import atomic_dir
+from pipeline.responses import batch_from_table
+from pipeline.rl.checkpoint import atomic_write, load_checkpoint, save_checkpoint, set_rng_states
+from pipeline.rl.config import RLConfig
+from pipeline.rl.credit import credit_gamma, token_advantages
+from pipeline.rl.logprobs import internal_token_logprobs, policy_stats, token_logprobs
+from pipeline.rl.losses import (
+    group_advantages,
+    policy_loss_stats,
+    reinforce_pp_advantages,
+    rloo_advantages,
+)
+
+RewardFn = Callable[[Any, str], float]
+PromptFn = Callable[[Any], str]
+#: Config keys that may change between a checkpoint and its resumption.
+RESUMABLE_CHANGES = frozenset({"steps", "save_every", "diag_every", "gen_batch_size",
+                               "micro_batch_size", "chunk_tokens"})
+TIME_KEYS = ("step_time", "gen_time", "update_time")
+
+
+# --------------------------------------------------------------------------- tasks
+def task_fns(task: str, tokenizer: PreTrainedTokenizerBase,
+             style: str = "builtin") -> tuple[PromptFn, RewardFn]:
+    """Prompt and 0/1 reward functions over benchmark items (:mod:`pipeline.evaluation.items`:
+    ``countdown`` dicts with numbers/target, ``math`` dicts with problem/answer)."""
+    from pipeline.evaluation import items as bench
+
+    return (lambda item: bench.render_prompt(task, item, tokenizer, style),
+            lambda item, text: float(bench.score(task, item, text)))
+
+
+def step_indices(n: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Problem indices of a 1-based step: consecutive slices of per-epoch permutations
+    seeded by (seed, epoch), so every step is reproducible without any saved state."""
+    perms: dict[int, list[int]] = {}
+    out = []
+    for pos in range((step - 1) * per_step, step * per_step):
+        epoch, i = divmod(pos, n)
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=gen).tolist()
+        out.append(perms[epoch][i])
+    return out
+
+
+def _step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step) * 8 + salt
+
+
+# --------------------------------------------------------------------------- rollouts
+@dataclass
+class Rollout:
+    """Right-padded prompt+response batch, groups contiguous (``group_size`` rows each)."""
+
+    input_ids: Tensor  # [N, T]
+    attention_mask: Tensor  # [N, T]
+    response_mask: Tensor  # bool [N, T]
+    rewards: Tensor  # [N] fp32
+    lengths: Tensor  # [N] response tokens
+    finished: Tensor  # bool [N]
+    group_size: int
+    texts: list[str]
+
+
+def rollout(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Any],
+            prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig, step: int) -> Rollout:
+    """Sample ``group_size`` responses per item and score them."""
+    prompts = [prompt_fn(it) for it in items]
+    gens = generate(model, tokenizer, prompts, n=cfg.group_size, temperature=cfg.temperature,
+                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.gen_batch_size, seed=_step_seed(cfg.seed, step),
+                    progress=False, desc="rollout")
+    prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
+    table = pd.DataFrame({"prompt_ids": [prompt_ids[g.prompt_index] for g in gens],
+                          "response_ids": [g.token_ids for g in gens]})
+    batch = batch_from_table(table, tokenizer.pad_token_id, padding_side="right")
+    device = next(model.parameters()).device
+    rewards = torch.tensor([float(reward_fn(items[g.prompt_index], g.text)) for g in gens])
+    return Rollout(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        response_mask=batch["response_mask"].to(device),
+        rewards=rewards,
+        lengths=torch.tensor([g.num_tokens for g in gens]),
+        finished=torch.tensor([g.finished for g in gens]),
+        group_size=cfg.group_size,
+        texts=[g.text for g in gens],
+    )
+
+
+def _micro(ro: Rollout, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A row subset trimmed to its longest sequence (right padding): ids, mask, resp, width."""
+    width = int(ro.attention_mask[rows].sum(-1).max())
+    return (ro.input_ids[rows, :width], ro.attention_mask[rows, :width],
+            ro.response_mask[rows, :width], width)
+
+
+def _chunks(rows: Tensor, size: int | None) -> list[Tensor]:
+    return list(rows.split(size)) if size else [rows]
+
+
+# --------------------------------------------------------------------------- update
+def make_optimizer(model: nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (one optimizer for both BuPO phases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+
+
+def advantages_for(cfg: RLConfig, ro: Rollout) -> Tensor:
+    if cfg.advantage == "rloo":
+        return rloo_advantages(ro.rewards, ro.group_size)
+    if cfg.advantage == "reinforce_pp":
+        return reinforce_pp_advantages(ro.rewards, ro.group_size,
+                                       lengths=ro.lengths if cfg.rpp_token_weighted else None,
+                                       group_baseline=cfg.rpp_group_baseline)
+    return group_advantages(ro.rewards, ro.group_size)
+
+
+def _pad(x: Tensor, width: int, value: float = 0.0) -> Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+@torch.no_grad()
+def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int) -> dict[str, Any]:
+    """Old log-probs (of the policy the phase trains), diagnostics and token advantages,
+    all with no grad on the rollout weights."""
+    ipa = cfg.phase(step) == "ipa"
+    diag = cfg.uses_bupo and (step % cfg.diag_every == 0 or step == 1)
+    need_final = not ipa or diag or cfg.credit == "entropy"
+    n, t = ro.input_ids.shape
+    keys = ("logp", "entropy", "logp_k", "entropy_k", "cos_kL")
+    acc: dict[str, list[Tensor]] = {k: [] for k in (*keys, "gamma")}
+    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 1))
+    for rows in _chunks(torch.arange(n, device=ro.input_ids.device), cfg.micro_batch_size):
+        ids, am, rm, _ = _micro(ro, rows)
+        st = policy_stats(model, ids, am, rm, layer=cfg.bupo_layer, final=need_final,
+                          internal=ipa or diag, cosine_kL=diag,
+                          apply_final_norm=cfg.ipa_final_norm, temperature=cfg.temperature,
+                          chunk_tokens=cfg.chunk_tokens)
+        for k in keys:
+            v = getattr(st, k)
+            if v is not None:
+                acc[k].append(_pad(v, t - 1))
+        if cfg.credit:
+            g = credit_gamma(model, ids, am, rm, cfg.credit, gamma_amp=cfg.gamma_amp,
+                             alpha=cfg.alpha, shift=cfg.credit_shift, top_frac=cfg.top_frac,
+                             entropy=st.entropy, generator=gen, rhythm_kwargs=cfg.rhythm)
+            acc["gamma"].append(_pad(g, t, 1.0))
+    out = {k: torch.cat(v) if v else None for k, v in acc.items()}
+    out["token_mask"] = ro.response_mask[:, 1:]
+    out["old_logp"] = out["logp_k"] if ipa else out["logp"]
+    adv = advantages_for(cfg, ro)
+    out["advantages"] = adv
+    out["token_adv"] = token_advantages(adv.to(ro.input_ids.device), out["gamma"], t - 1)
+    return out
+
+
+def _masked_mean(x: Tensor | None, mask: Tensor) -> float:
+    if x is None or not mask.any():
+        return math.nan
+    return float(x[mask].float().mean())
+
+
+def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep: dict[str, Any],
+           cfg: RLConfig, step: int, *, backward: Callable[[Tensor], None] = Tensor.backward
+           ) -> dict[str, float]:
+    """``updates_per_batch`` optimizer steps on disjoint minibatches (by prompt group).
+    Non-finite loss or gradient norm → FloatingPointError naming the step and method."""
+    ipa = cfg.phase(step) == "ipa"
+    n_groups = ro.rewards.numel() // ro.group_size
+    per_mb = n_groups // cfg.updates_per_batch
+    device = ro.input_ids.device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    tot: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "ratio_mean": 0.0}
+    n_tok_all = 0
+    for u in range(cfg.updates_per_batch):
+        rows = torch.arange(u * per_mb * ro.group_size, (u + 1) * per_mb * ro.group_size,
+                            device=device)
+        n_tok = int(prep["token_mask"][rows].sum())
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for mrows in _chunks(rows, cfg.micro_batch_size):
+            ids, am, rm, w = _micro(ro, mrows)
+            if ipa:
+                logp = internal_token_logprobs(model, ids, am, rm, cfg.bupo_layer,
+                                               apply_final_norm=cfg.ipa_final_norm,
+                                               temperature=cfg.temperature,
+                                               chunk_tokens=cfg.chunk_tokens)
+            else:
+                logp = token_logprobs(model, ids, am, rm, temperature=cfg.temperature,
+                                      chunk_tokens=cfg.chunk_tokens)
+            st = policy_loss_stats(logp, prep["old_logp"][mrows, :w - 1],
+                                   prep["token_adv"][mrows, :w - 1],
+                                   prep["token_mask"][mrows, :w - 1], clip_low=cfg.clip_low,
+                                   clip_high=cfg.clip_high, num_tokens=max(n_tok, 1))
+            if not torch.isfinite(st.loss):
+                raise FloatingPointError(
+                    f"rl: non-finite loss {st.loss.item()} at step {step} (method "
+                    f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
+            backward(st.loss)
+            loss_sum += float(st.loss.detach())
+            tot["clip_frac"] += st.clip_frac * st.num_tokens
+            tot["ratio_mean"] += st.ratio_mean * st.num_tokens
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"rl: non-finite gradient norm at step {step} (method "
+                                     f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tot["loss"] += loss_sum / cfg.updates_per_batch
+        tot["grad_norm"] += float(norm) / cfg.updates_per_batch
+        n_tok_all += n_tok
+    tot["clip_frac"] /= max(n_tok_all, 1)
+    tot["ratio_mean"] /= max(n_tok_all, 1)
+    return tot
+
+
+def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int) -> dict[str, Any]:
+    """Rollout and policy diagnostics of one step (methods.md §2, §3)."""
+    r = ro.rewards.reshape(-1, ro.group_size)
+    m = prep["token_mask"]
+    out: dict[str, Any] = {
+        "step": step,
+        "phase": cfg.phase(step),
+        "ipa": float(cfg.phase(step) == "ipa"),
+        "reward_mean": float(ro.rewards.mean()),
+        "accuracy": float((ro.rewards > 0.5).float().mean()),
+        "group_pass": float((r > 0.5).any(1).float().mean()),
+        "group_signal": float((r.max(1).values > r.min(1).values).float().mean()),
+        "response_length": float(ro.lengths.float().mean()),
+        "finished_frac": float(ro.finished.float().mean()),
+        "entropy": _masked_mean(prep["entropy"], m),
+        "adv_abs_mean": float(prep["advantages"].abs().mean()),
+    }
+    if cfg.uses_bupo:
+        out["entropy_k"] = _masked_mean(prep["entropy_k"], m)
+        out["cos_kL"] = _masked_mean(prep["cos_kL"], m)
+    if cfg.credit:
+        g = prep["gamma"][:, 1:][m]
+        out["gamma_mean"] = float(g.mean()) if g.numel() else math.nan
+        out["gamma_amp_frac"] = float((g > 1).float().mean()) if g.numel() else math.nan
+    return out
+
+
+# --------------------------------------------------------------------------- loop
+def _check_resume(saved: dict[str, Any], cfg: RLConfig) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"rl: checkpoint config differs in {diff}; use resume=False or "
+                         "another out_dir")
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+            and math.isfinite(float(v))}
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[Any],
+    reward_fn: RewardFn,
+    cfg: RLConfig,
+    *,
+    prompt_fn: PromptFn,
+    out_dir: str | Path,
+    run: Any | None = None,
+    resume: bool = True,
+    save_model: bool = True,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place for ``cfg.steps`` steps; returns the per-step history.
+
+    ``problems``: items passed to ``prompt_fn(item) -> str`` and
+    ``reward_fn(item, response_text) -> float`` (0/1 from a verifier). ``run``: a
+    :class:`pipeline.tracking.JobRun` (params and per-step metrics). Every
+    ``cfg.save_every`` steps and at the end ``out_dir/checkpoint/state.pt`` is written
+    atomically; ``resume=True`` continues from it. The final model (``save_pretrained``
+    + tokenizer) goes to ``out_dir/model`` atomically, then ``out_dir/history.json``.
+    """
+    if not problems:
+        raise ValueError("rl: no training problems")
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model.eval()
+    optimizer = make_optimizer(model, cfg)
+    history: list[dict[str, Any]] = []
+    start = 1
+    state = load_checkpoint(ckpt_dir) if resume else None
+    if state is not None:
+        _check_resume(state["config"], cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"])
+        history, start = list(state["history"]), int(state["step"]) + 1
+    if run is not None:
+        run.params({"rl": cfg.to_dict()})
+    for step in range(start, cfg.steps + 1):
+        t0 = time.perf_counter()
+        items = [problems[i] for i in step_indices(len(problems), step, cfg.prompts_per_step,
+                                                   cfg.seed)]
+        ro = rollout(model, tokenizer, items, prompt_fn, reward_fn, cfg, step)
+        t1 = time.perf_counter()
+        prep = prepare(model, ro, cfg, step)
+        upd = update(model, optimizer, ro, prep, cfg, step)
+        t2 = time.perf_counter()
+        metrics = {**step_metrics(ro, prep, cfg, step), **upd, "lr": cfg.lr,
+                   "gen_time": t1 - t0, "update_time": t2 - t1, "step_time": t2 - t0}
+        history.append(metrics)
+        if run is not None:
+            run.metrics(_numeric(metrics), step=step)
+        if on_step is not None:
+            on_step(metrics)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, step=step,
+                            history=history, config=cfg.to_dict())
+    if save_model:
+        with atomic_dir(out_dir / "model") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        atomic_write(out_dir / "history.json",
+                     lambda p: Path(p).write_text(json.dumps(history, indent=1)))
+    return history
