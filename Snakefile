@@ -24,6 +24,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/responses.smk"
 include: "workflow/rules/decomposition.smk"
 include: "workflow/rules/attention.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -378,6 +378,51 @@ def attention(ns: argparse.Namespace) -> None:
 
 
 @stage(
+    "train",
+    arg("--name", required=True, help="base model name"),
+    arg("--method", required=True),
+    arg("--seed", type=int, required=True),
+    arg("--model-dir", required=True, help="starting model directory"),
+    SPEC,
+    arg("--data", required=True, help="training split (jsonl)"),
+    arg("--source", required=True, help="model source (selects the prompt style)"),
+    arg("--boundary", default=None, help="decomposition boundary.json (bupo_layer: boundary)"),
+    arg("--out-dir", required=True, help="run directory: model/, history.json, checkpoint/"),
+    THREADS,
+    JOB,
+)
+def train(ns: argparse.Namespace) -> None:
+    """RL training of one model with one method and seed (methods.md §2, §3); resumes from
+    the run directory's checkpoint when a killed job is rerun."""
+    from pipeline import io
+    from pipeline.evaluation import items as bench
+    from pipeline.models import load
+    from pipeline.rl.config import RLConfig
+    from pipeline.rl.trainer import task_fns
+    from pipeline.rl.trainer import train as rl_train
+    from pipeline.tracking import job_run
+
+    _threads(ns)
+    spec = ns.spec
+    style = spec["prompt_style"]
+    if style == "auto":
+        style = "builtin" if ns.source == "builtin" else "chat"
+    k = spec["bupo_layer"]
+    if k == "boundary":
+        k = io.read_json(ns.boundary)["boundary_layer"] if ns.boundary else None
+    cfg = RLConfig.from_dict({**spec["trainer"], "method": ns.method, "seed": ns.seed,
+                              "bupo_layer": k})
+    with job_run(_job(ns)) as run:
+        run.params({**cfg.to_dict(), "base_model": ns.name, "prompt_style": style})
+        items = bench.load_items({"task": spec["task"], "n_problems": None}, data=ns.data,
+                                 cache_dir=None)
+        model, tokenizer = load(ns.model_dir, attn_implementation="eager")
+        prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
+        rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
+                 out_dir=ns.out_dir, run=run, resume=True)
+
+
+@stage(
     "summarize",
     arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
     arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),

@@ -88,6 +88,22 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
         if cd[lo] > cd[hi]:
             raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
+    rl = config["rl"]
+    if unknown := [m for m in rl["models"] if m not in config["models"]]:
+        raise ConfigError(f"config error at rl.models: unknown models {unknown}")
+    if unknown := [b for b in rl["evaluate"] if b not in config["evaluation"]["benchmarks"]]:
+        raise ConfigError(f"config error at rl.evaluate: unknown benchmarks {unknown}")
+    if rl["models"] and rl["methods"]:
+        from pipeline.rl.config import RLConfig
+
+        for key in ("method", "seed", "bupo_layer"):
+            if key in rl["trainer"]:
+                raise ConfigError(f"config error at rl.trainer.{key}: set by the DAG "
+                                  "(methods, seeds, rl.bupo_layer)")
+        try:
+            RLConfig.from_dict({**rl["trainer"], "bupo_layer": 1})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"config error at rl.trainer: {exc}") from None
     am = config["analysis"]["models"]
     if am != "all" and (unknown := [m for m in am if m not in config["models"]]):
         raise ConfigError(f"config error at analysis.models: unknown models {unknown}; "

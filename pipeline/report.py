@@ -21,9 +21,11 @@ def summary_table(provisions: Sequence[str | Path], evals: Sequence[str | Path])
     rows = []
     for path in evals:
         ev = io.read_json(path)
-        p = prov.get(ev["model"], {})
+        base, _, method = ev["model"].partition("+")  # trained models: "<model>+<method>"
+        p = prov.get(base, {})
         rows.append({
-            "model": ev["model"], "benchmark": ev["benchmark"], "task": ev["task"],
+            "model": ev["model"], "base_model": base, "method": method or "base",
+            "benchmark": ev["benchmark"], "task": ev["task"],
             "seed": ev["seed"], "source": p.get("source"), "model_type": p.get("model_type"),
             "num_parameters": p.get("num_parameters"), "num_layers": p.get("num_layers"),
             **{k: v for k, v in ev.items()

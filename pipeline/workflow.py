@@ -104,3 +104,24 @@ def responses_inputs(config: dict[str, Any], root_dir: str, model: str) -> dict[
     if spec["task"] == "countdown":
         inputs["data"] = f"{root_dir}/data/countdown/{spec['split']}.jsonl"
     return inputs
+
+
+def rl_runs(config: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(model, method, seed) of every RL job."""
+    rl = config["rl"]
+    return [(m, meth, s) for m in rl["models"] for meth in rl["methods"]
+            for s in config["seeds"]]
+
+
+def rl_inputs(config: dict[str, Any], root_dir: str, model: str, method: str) -> dict[str, str]:
+    rl = config["rl"]
+    inputs = {"model": f"{root_dir}/models/{model}/model",
+              "data": f"{root_dir}/data/countdown/{rl['split']}.jsonl"}
+    if method.startswith("bupo") and rl["bupo_layer"] == "boundary":
+        inputs["boundary"] = f"{root_dir}/decomposition/{model}/boundary.json"
+    return inputs
+
+
+def rl_evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
+    return [f"{root_dir}/rl/{m}/{meth}/seed{s}/eval/{b}/summary.json"
+            for m, meth, s in rl_runs(config) for b in config["rl"]["evaluate"]]

@@ -36,8 +36,13 @@ def test_outputs(smoke_run):
     workdir, _ = smoke_run
     root = workdir / "results" / "smoke"
     table = pd.read_csv(root / "summary" / "evaluation.csv")
-    assert sorted(table["model"]) == ["llama-smoke", "qwen3-smoke"]
+    assert sorted(table["model"]) == ["llama-smoke", "qwen3-smoke", "qwen3-smoke+bupo",
+                                      "qwen3-smoke+grpo"]
     assert set(table["benchmark"]) == {"countdown"}
+    runs = root / "rl" / "qwen3-smoke"
+    bupo = json.loads((runs / "bupo" / "seed0" / "history.json").read_text())
+    assert [r["phase"] for r in bupo] == ["ipa", "ipa", "grpo"]  # s_inter = 2
+    assert (runs / "grpo" / "seed0" / "model" / "model.safetensors").exists()
     assert set(table["model_type"]) == {"llama", "qwen3"}
     for col in ("greedy_accuracy", "avg@2", "pass@1", "pass@2"):
         assert table[col].between(0, 1).all()
@@ -81,7 +86,15 @@ def test_mlflow_runs_nested(smoke_run):
     rules = sorted(r.data.tags["rule"] for r in children)
     assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare"]
                            + 2 * ["evaluate", "provision", "responses", "decomposition",
-                                  "attention"])
+                                  "attention", "train", "evaluate_trained"])
+    train = [r for r in children if r.data.tags["rule"] == "train"]
+    assert {r.data.tags["wc.method"] for r in train} == {"grpo", "bupo"}
+    assert all(len(client.get_metric_history(r.info.run_id, "reward_mean")) == 3
+               for r in train)
+    boundary = json.loads((workdir / "results" / "smoke" / "decomposition" / "qwen3-smoke"
+                           / "boundary.json").read_text())
+    bupo = next(r for r in train if r.data.tags["wc.method"] == "bupo")
+    assert bupo.data.params["bupo_layer"] == str(boundary["boundary_layer"])
     assert len(children) == len(runs) - 1
     for r in children:
         assert r.info.status == "FINISHED"

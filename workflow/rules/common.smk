@@ -14,6 +14,7 @@ wildcard_constraints:
     seed=r"\d+",
     benchmark=pw.alternatives(list(config["evaluation"]["benchmarks"])),
     split=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_+]+",
 
 
 onstart:

@@ -1,6 +1,6 @@
 rule report_summary:
     input:
-        evals=pw.evaluation_targets(config, R),
+        evals=pw.evaluation_targets(config, R) + pw.rl_evaluation_targets(config, R),
         provisions=expand(f"{R}/models/{{model}}/provision.json", model=MODELS),
     output:
         csv=f"{R}/summary/evaluation.csv",
