@@ -24,6 +24,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/responses.smk"
 include: "workflow/rules/decomposition.smk"
 include: "workflow/rules/attention.smk"
+include: "workflow/rules/depth.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
@@ -35,3 +36,4 @@ rule all:
         expand(f"{R}/decomposition/{{model}}/summary.json", model=ANALYSIS_MODELS),
         rules.decomposition_compare.output,
         expand(f"{R}/attention/{{model}}/summary.json", model=ANALYSIS_MODELS),
+        expand(f"{R}/depth/{{model}}/summary.json", model=ANALYSIS_MODELS),

@@ -423,6 +423,55 @@ def train(ns: argparse.Namespace) -> None:
 
 
 @stage(
+    "depth",
+    arg("--name", required=True, help="model name"),
+    arg("--model-dir", required=True),
+    SPEC,
+    arg("--countdown", type=json.loads, default=None,
+        help="tasks.countdown settings (builtin models analyse their own task text)"),
+    arg("--out-dir", required=True),
+    arg("--cache-dir", default=os.environ.get("PIPELINE_CACHE")),
+    THREADS,
+    JOB,
+)
+def depth(ns: argparse.Namespace) -> None:
+    """Guess-then-refine depth analysis: logit and tuned lens, decision depth, frequency
+    buckets, flip rates, facts and multiple choice (methods.md §4)."""
+    import matplotlib.pyplot as plt
+
+    from pipeline import io
+    from pipeline.depth import stage as dep
+    from pipeline.models import load
+    from pipeline.tracking import flatten, job_run
+
+    _threads(ns)
+    spec = dict(ns.spec)
+    if ns.countdown:
+        keys = ("num_numbers", "min_number", "max_number", "min_target", "max_target")
+        builtin = dict(spec.get("builtin", {}))
+        builtin["countdown"] = {k: ns.countdown[k] for k in keys}
+        spec["builtin"] = builtin
+    out = Path(ns.out_dir)
+    with job_run(_job(ns)) as run:
+        run.params(spec)
+        model, tokenizer = load(ns.model_dir, dtype="float32")
+        tables, summary, lens = dep.run_depth(model, tokenizer, spec, model_name=ns.name,
+                                              cache_dir=ns.cache_dir)
+        for name, df in tables.items():
+            io.write_table(out / f"{name}.parquet", df)
+        if lens is not None:
+            lens.save(out / "tuned_lens")
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        for fname, fig in dep.figures(tables, summary, ns.name).items():
+            fig.savefig(out / "figures" / fname, dpi=130)
+            run.figure(fig, fname)
+            plt.close(fig)
+        run.metrics({k: float(v) for k, v in flatten(summary).items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
+        io.write_json(out / "summary.json", summary)  # last: marks the job complete
+
+
+@stage(
     "summarize",
     arg("--evals", nargs="+", required=True, help="evaluation summary JSONs"),
     arg("--provisions", nargs="+", required=True, help="provision summary JSONs"),

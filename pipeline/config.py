@@ -104,6 +104,12 @@ def _check_semantics(config: dict[str, Any]) -> None:
             RLConfig.from_dict({**rl["trainer"], "bupo_layer": 1})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"config error at rl.trainer: {exc}") from None
+    from pipeline.depth.stage import resolve_spec
+
+    try:
+        resolve_spec(config["analysis"]["depth"])
+    except ValueError as exc:
+        raise ConfigError(f"config error at analysis.depth: {exc}") from None
     am = config["analysis"]["models"]
     if am != "all" and (unknown := [m for m in am if m not in config["models"]]):
         raise ConfigError(f"config error at analysis.models: unknown models {unknown}; "

@@ -67,6 +67,13 @@ def test_outputs(smoke_run):
         for fig in ("heatmap.png", "trace.png", "head_distance.png"):
             assert (root / "attention" / model / "figures" / fig).stat().st_size > 1000
     assert (root / "decomposition" / "compare_models.png").exists()
+    for model in ("llama-smoke", "qwen3-smoke"):
+        depth = root / "depth" / model
+        kl = pd.read_parquet(depth / "kl.parquet")
+        assert set(kl["lens"]) == {"logit", "tuned"} and len(kl) == 2 * 3  # h[0]..h[2]
+        summary = json.loads((depth / "summary.json").read_text())
+        assert "claims" in summary
+        assert (depth / "tuned_lens").is_dir() and (depth / "figures" / "kl_per_layer.png").exists()
     train = (root / "data" / "countdown" / "train.jsonl").read_text().splitlines()
     test = (root / "data" / "countdown" / "test.jsonl").read_text().splitlines()
     assert len(train) == 500 and len(test) == 24 and not set(train) & set(test)
@@ -86,7 +93,7 @@ def test_mlflow_runs_nested(smoke_run):
     rules = sorted(r.data.tags["rule"] for r in children)
     assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare"]
                            + 2 * ["evaluate", "provision", "responses", "decomposition",
-                                  "attention", "train", "evaluate_trained"])
+                                  "attention", "depth", "train", "evaluate_trained"])
     train = [r for r in children if r.data.tags["rule"] == "train"]
     assert {r.data.tags["wc.method"] for r in train} == {"grpo", "bupo"}
     assert all(len(client.get_metric_history(r.info.run_id, "reward_mean")) == 3

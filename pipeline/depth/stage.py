@@ -137,9 +137,12 @@ DEFAULT_SPEC: dict[str, Any] = {
                 "countdown": {"num_numbers": 3, "min_number": 1, "max_number": 30,
                               "min_target": 1, "max_target": 100}},
 }
-"""Stage settings, sized for a 2-core CPU (SmolLM2-135M: a few minutes in all; the paper's
-lens recipe is 250 steps × 2^18 tokens — raise ``tuned.steps`` / ``tokens_per_step`` on a
-GPU). ``tuned`` is passed to :func:`train_tuned_lens`; ``baseline.max_words`` truncates each
+"""Stage settings, sized for a 2-core CPU (SmolLM2-135M: about 3.7 min on one thread; the
+paper's lens recipe is 250 steps × 2^18 tokens — raise ``tuned.steps`` /
+``tokens_per_step`` on a GPU). ``batch_size``: prompts per forward (facts use 2×, MCQ ½×).
+``tuned`` is passed to :func:`train_tuned_lens` (lr 0.2: twice the library's 0.1, still
+stable at the last layers for this budget; short windows make the position-0 attention
+sink weigh more, so ``heldout_seq_len`` is longer); ``baseline.max_words`` truncates each
 passage before it is cut (bounds the context, hence the forward cost); ``facts`` keeps facts
 whose answer has at least ``min_answer_tokens`` tokens (the paper's multi-token answers);
 ``mcq.max_chars`` keeps MMLU items whose question + choices have at most that many
@@ -147,7 +150,7 @@ characters (None = all); ``claims.early_frac``: the "early" layers are
 h[1]..h[max(1, ⌊early_frac·L⌋)]; claims need ``min_n`` prompts per group (else ``holds``
 is None). ``builtin``: the Countdown text of builtin models (``n_prompts`` BASELINE prompts,
 ``n_freq_texts`` frequency texts, ``tuned.n_train_texts`` lens texts; generator settings in
-``countdown``)."""
+``countdown`` — pass the experiment's ``countdown`` settings)."""
 
 LENS_NAMES = ("logit", "tuned")
 KEY_KS = (1, 10, 100, 1000)  # thresholds always in the decision-depth table and summary
