@@ -91,9 +91,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     rl = config["rl"]
     if unknown := [m for m in rl["models"] if m not in config["models"]]:
         raise ConfigError(f"config error at rl.models: unknown models {unknown}")
-    if unknown := [b for b in rl["evaluate"] if b not in config["evaluation"]["benchmarks"]]:
-        raise ConfigError(f"config error at rl.evaluate: unknown benchmarks {unknown}")
     if rl["models"] and rl["methods"]:
+        benches = config["evaluation"]["benchmarks"]
+        if unknown := [b for b in rl["evaluate"] if b not in benches]:
+            raise ConfigError(f"config error at rl.evaluate: unknown benchmarks {unknown}")
         from pipeline.rl.config import RLConfig
 
         for key in ("method", "seed", "bupo_layer"):
