@@ -53,6 +53,13 @@ def _job(ns: argparse.Namespace) -> dict | None:
     return job
 
 
+def _prompt_style(style: str, source: str) -> str:
+    """``auto`` = the builtin format for builtin models, the chat template otherwise."""
+    if style != "auto":
+        return style
+    return "builtin" if source == "builtin" else "chat"
+
+
 def _threads(ns: argparse.Namespace) -> None:
     import torch
 
@@ -174,9 +181,7 @@ def evaluate(ns: argparse.Namespace) -> None:
 
     _threads(ns)
     spec = ns.spec
-    style = spec["prompt_style"]
-    if style == "auto":
-        style = "builtin" if ns.source == "builtin" else "chat"
+    style = _prompt_style(spec["prompt_style"], ns.source)
     with job_run(_job(ns)) as run:
         run.params({**spec, "benchmark": ns.benchmark, "resolved_prompt_style": style,
                     "seed": ns.seed})
@@ -222,9 +227,7 @@ def responses(ns: argparse.Namespace) -> None:
 
     _threads(ns)
     spec = ns.spec
-    style = spec["prompt_style"]
-    if style == "auto":
-        style = "builtin" if ns.source == "builtin" else "chat"
+    style = _prompt_style(spec["prompt_style"], ns.source)
     with job_run(_job(ns)) as run:
         run.params({**spec, "resolved_prompt_style": style, "seed": ns.seed})
         items = bench.load_items({**spec, "n_problems": spec["n_prompts"]}, data=ns.data,
@@ -404,9 +407,7 @@ def train(ns: argparse.Namespace) -> None:
 
     _threads(ns)
     spec = ns.spec
-    style = spec["prompt_style"]
-    if style == "auto":
-        style = "builtin" if ns.source == "builtin" else "chat"
+    style = _prompt_style(spec["prompt_style"], ns.source)
     k = spec["bupo_layer"]
     if k == "boundary":
         k = io.read_json(ns.boundary)["boundary_layer"] if ns.boundary else None
