@@ -33,7 +33,8 @@ def sample_responses(
     gens = generate(model, tokenizer, prompts, n=spec["n_samples"],
                     temperature=spec["temperature"], top_p=spec["top_p"],
                     max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                    seed=seed, progress=progress, desc="responses")
+                    seed=seed, progress=progress, desc="responses",
+                    dtype=spec.get("sample_dtype"))
     rows = []
     for g in gens:
         prompt_ids = tokenizer(prompts[g.prompt_index], add_special_tokens=False).input_ids

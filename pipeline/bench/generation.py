@@ -7,8 +7,11 @@ Same prompts, same number of new tokens (EOS disabled so every row generates exa
 default attention (sdpa) and ``generate`` on the prompts in their given order; "ours" =
 :func:`pipeline.generation.generate` (own KV-cache decode loop, finished rows dropped,
 length-sorted batches) on the model loaded as every stage loads it for sampling (eager
-attention). Also prints where the time goes:
-prefill (one forward over the prompts) vs per-token decode.
+attention), in fp32 and with ``dtype=bfloat16`` (the decode loop on a bf16 copy with sdpa
+attention: the setting of models with ``sample_dtype: bfloat16``). Also prints where the
+time goes: prefill (one forward over the prompts) vs per-token decode, and the bare
+matmuls of one decode step (every weight matrix once, no attention or overhead) — the
+floor a decode step can reach in each dtype.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.generation import generate
+from pipeline.generation import generate, sampling_model
 from pipeline.models import load
 
 PROMPTS = [
@@ -50,14 +53,14 @@ def _plain(model, tok, prompts: list[str], bs: int, new: int) -> float:
     return time.perf_counter() - t0
 
 
-def _ours(model, tok, prompts: list[str], bs: int, new: int) -> float:
+def _ours(model, tok, prompts: list[str], bs: int, new: int, dtype=None) -> float:
     eos = tok.eos_token_id
     t0 = time.perf_counter()
     try:  # EOS disabled so both sides generate exactly `new` tokens per row
         tok.eos_token_id = None
         model.generation_config.eos_token_id = None
         generate(model, tok, prompts, n=1, temperature=1.0, max_new_tokens=new,
-                 batch_size=bs, progress=False, min_new_tokens=new)
+                 batch_size=bs, progress=False, min_new_tokens=new, dtype=dtype)
     finally:
         tok.eos_token_id = eos
     return time.perf_counter() - t0
@@ -81,6 +84,25 @@ def _split(model, tok, prompts: list[str], bs: int, new: int) -> tuple[float, fl
     return prefill, (time.perf_counter() - t0) / steps
 
 
+@torch.inference_mode()
+def _matmul_floor(model, bs: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Seconds of the bare matmuls of one decode step: x[bs, in] @ W.T for every 2-D
+    weight (the unembedding included), no attention, norms or Python overhead."""
+    weights = [p.detach().to(dtype) for n, p in model.named_parameters()
+               if p.dim() == 2 and "embed_tokens" not in n]
+    if model.get_output_embeddings() is not None and all(
+            w.data_ptr() != model.get_output_embeddings().weight.data_ptr() for w in weights):
+        weights.append(model.get_output_embeddings().weight.detach().to(dtype))
+    xs = {w.shape[1]: torch.randn(bs, w.shape[1], dtype=dtype) for w in weights}
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in weights:
+            xs[w.shape[1]] @ w.T
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pipeline.bench generation")
     p.add_argument("--model", default="results/default/models/smollm2-135m-instruct/model")
@@ -97,27 +119,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {a.model}: plain attn={plain_model.config._attn_implementation}, "
           f"ours attn={ours_model.config._attn_implementation}; torch threads "
           f"{torch.get_num_threads()}; {a.new_tokens} new tokens per row")
-    print(f"{'batch':>5} {'rows':>5} {'plain tok/s':>12} {'ours tok/s':>11} {'ratio':>6}")
+    print(f"{'batch':>5} {'rows':>5} {'plain tok/s':>12} {'ours fp32':>10} {'ratio':>6} "
+          f"{'ours bf16':>10} {'ratio':>6}")
     for bs in a.batch_sizes:
         rows = max(bs, 8)
         prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
         _plain(plain_model, tok, prompts[:bs], bs, 4)  # warm-up
         _ours(ours_model, tok, prompts[:bs], bs, 4)
+        _ours(ours_model, tok, prompts[:bs], bs, 4, torch.bfloat16)
         # interleaved repeats, best of each: the machine is shared
-        t_plain, t_ours = float("inf"), float("inf")
+        t_plain, t_ours, t_bf16 = float("inf"), float("inf"), float("inf")
         for _ in range(a.repeats):
             t_plain = min(t_plain, _plain(plain_model, tok, prompts, bs, a.new_tokens))
             t_ours = min(t_ours, _ours(ours_model, tok, prompts, bs, a.new_tokens))
+            t_bf16 = min(t_bf16, _ours(ours_model, tok, prompts, bs, a.new_tokens,
+                                       torch.bfloat16))
         n_tok = rows * a.new_tokens
-        print(f"{bs:>5} {rows:>5} {n_tok / t_plain:>12.1f} {n_tok / t_ours:>11.1f} "
-              f"{t_plain / t_ours:>6.2f}")
+        print(f"{bs:>5} {rows:>5} {n_tok / t_plain:>12.1f} {n_tok / t_ours:>10.1f} "
+              f"{t_plain / t_ours:>6.2f} {n_tok / t_bf16:>10.1f} {t_plain / t_bf16:>6.2f}")
     print("\nwhere the time goes (one batch, greedy): prefill s, decode ms/step")
-    for name, model in (("plain", plain_model), ("ours", ours_model)):
+    bf16_model = sampling_model(ours_model, torch.bfloat16)
+    for name, model in (("plain", plain_model), ("ours fp32", ours_model),
+                        ("ours bf16", bf16_model)):
         for bs in a.batch_sizes:
             prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(bs)]
             pre, dec = _split(model, tok, prompts, bs, a.new_tokens)
-            print(f"  {name:5} batch {bs:>3}: prefill {pre:6.3f} s, decode {1e3 * dec:7.1f} "
+            print(f"  {name:9} batch {bs:>3}: prefill {pre:6.3f} s, decode {1e3 * dec:7.1f} "
                   f"ms/step ({bs / dec:6.1f} tok/s)")
+    print("\nfloor: bare matmuls of one decode step (all weights once), ms")
+    for bs in a.batch_sizes:
+        f32, b16 = (_matmul_floor(ours_model, bs, d) for d in (torch.float32, torch.bfloat16))
+        print(f"  batch {bs:>3}: fp32 {1e3 * f32:6.1f}, bf16 {1e3 * b16:6.1f}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def evaluate_generative(
     for mode, n, temp in runs:
         gens = generate(model, tokenizer, prompts, n=n, temperature=temp, top_p=spec["top_p"],
                         max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                        seed=seed, progress=progress, desc=f"{task} {mode}")
+                        seed=seed, progress=progress, desc=f"{task} {mode}",
+                        dtype=spec.get("sample_dtype"))
         for g in gens:
             it = items[g.prompt_index]
             rows.append({

@@ -30,6 +30,7 @@ class RLConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     gen_batch_size: int = 64
+    sample_dtype: str | None = None  # decode-loop dtype of rollouts (None: the model's)
     lr: float = 1e-5
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)

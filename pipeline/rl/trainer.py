@@ -49,6 +49,7 @@ RewardFn = Callable[[Any, str], float]
 PromptFn = Callable[[Any], str]
 #: Config keys that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "save_every", "diag_every", "gen_batch_size",
+                               "sample_dtype",
                                "micro_batch_size", "chunk_tokens"})
 TIME_KEYS = ("step_time", "gen_time", "update_time")
 
@@ -104,7 +105,7 @@ def rollout(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: S
     gens = generate(model, tokenizer, prompts, n=cfg.group_size, temperature=cfg.temperature,
                     top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                     batch_size=cfg.gen_batch_size, seed=_step_seed(cfg.seed, step),
-                    progress=False, desc="rollout")
+                    progress=False, desc="rollout", dtype=cfg.sample_dtype)
     prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     table = pd.DataFrame({"prompt_ids": [prompt_ids[g.prompt_index] for g in gens],
                           "response_ids": [g.token_ids for g in gens]})
