@@ -13,7 +13,9 @@ min_version("9.0")
 # two and mix the default's models into every other experiment.
 if not config:
     raise ValueError("no config: pass --configfile config/<experiment>.yaml")
-validate(config)  # fills defaults; a bad key stops here with its key path
+# fills defaults; a bad key stops here with its key path (cross-key checks only in the
+# main process: a cluster job's own Snakemake skips them, they import torch)
+validate(config, semantics=workflow.is_main_process)
 export_env(config)  # tracking URI, MLflow experiment, config hash for every job
 
 
@@ -27,6 +29,10 @@ include: "workflow/rules/attention.smk"
 include: "workflow/rules/depth.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
+
+
+report: "workflow/report/workflow.rst"  # `snakemake --report report.html` (README)
 
 
 rule all:
@@ -37,3 +43,4 @@ rule all:
         rules.decomposition_compare.output,
         expand(f"{R}/attention/{{model}}/summary.json", model=ANALYSIS_MODELS),
         expand(f"{R}/depth/{{model}}/summary.json", model=ANALYSIS_MODELS),
+        rules.compare.output,

@@ -387,8 +387,9 @@ def attention(ns: argparse.Namespace) -> None:
     arg("--seed", type=int, required=True),
     arg("--model-dir", required=True, help="starting model directory"),
     SPEC,
-    arg("--data", required=True, help="training split (jsonl)"),
+    arg("--data", default=None, help="Countdown training split (jsonl; task countdown)"),
     arg("--source", required=True, help="model source (selects the prompt style)"),
+    arg("--cache-dir", default=os.environ.get("PIPELINE_CACHE")),
     arg("--boundary", default=None, help="decomposition boundary.json (bupo_layer: boundary)"),
     arg("--out-dir", required=True, help="run directory: model/, history.json, checkpoint/"),
     THREADS,
@@ -415,8 +416,9 @@ def train(ns: argparse.Namespace) -> None:
                               "bupo_layer": k})
     with job_run(_job(ns)) as run:
         run.params({**cfg.to_dict(), "base_model": ns.name, "prompt_style": style})
-        items = bench.load_items({"task": spec["task"], "n_problems": None}, data=ns.data,
-                                 cache_dir=None)
+        items = bench.load_items({k: spec[k] for k in ("task", "dataset", "path", "n_problems",
+                                                          "data_seed")},
+                                 data=ns.data, cache_dir=ns.cache_dir)
         model, tokenizer = load(ns.model_dir, attn_implementation="eager")
         prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
         rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
@@ -493,6 +495,23 @@ def summarize(ns: argparse.Namespace) -> None:
         fig.savefig(ns.out_figure, dpi=120)
         run.figure(fig, Path(ns.out_figure).name)
         run.table(table, Path(ns.out_csv).name)
+
+
+@stage(
+    "compare",
+    arg("--root", required=True, help="results/<experiment> directory the DAG wrote"),
+    SPEC,
+    arg("--out-dir", required=True),
+    JOB,
+)
+def compare(ns: argparse.Namespace) -> None:
+    """Models × methods × seeds: tidy table, means with t-intervals over seeds, each
+    method's difference to GRPO, training curves, analyses before/after RL."""
+    from pipeline.comparison import run_comparison
+    from pipeline.tracking import job_run
+
+    with job_run(_job(ns)) as run:
+        run_comparison(ns.spec, ns.root, ns.out_dir, run=run)
 
 
 # --------------------------------------------------------------------------- main

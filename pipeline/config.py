@@ -47,8 +47,13 @@ def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "<top level>"
 
 
-def validate(config: dict[str, Any], schema: dict | None = None) -> dict[str, Any]:
-    """Validate ``config`` in place (filling defaults) and return it."""
+def validate(config: dict[str, Any], schema: dict | None = None, *,
+             semantics: bool = True) -> dict[str, Any]:
+    """Validate ``config`` in place (filling defaults) and return it.
+
+    ``semantics=False`` checks the schema only (the same defaults are filled) and skips the
+    cross-key checks, which import torch: the Snakefile passes it in the Snakemake process
+    that runs each job on a cluster, whose config the main process has already checked."""
     if not isinstance(config, dict):
         raise ConfigError(f"config error: expected a mapping, got {type(config).__name__}")
     schema = schema or load_schema()
@@ -61,7 +66,8 @@ def validate(config: dict[str, Any], schema: dict | None = None) -> dict[str, An
         if len(deepest.absolute_path) > len(err.absolute_path):
             err = deepest
         raise ConfigError(f"config error at {_path(err)}: {err.message}")
-    _check_semantics(config)
+    if semantics:
+        _check_semantics(config)
     return config
 
 
@@ -91,6 +97,8 @@ def _check_semantics(config: dict[str, Any]) -> None:
     rl = config["rl"]
     if unknown := [m for m in rl["models"] if m not in config["models"]]:
         raise ConfigError(f"config error at rl.models: unknown models {unknown}")
+    if rl["task"] == "math" and not (rl["dataset"] or rl["path"]):
+        raise ConfigError("config error at rl.dataset: task math needs a dataset or a path")
     if rl["models"] and rl["methods"]:
         benches = config["evaluation"]["benchmarks"]
         if unknown := [b for b in rl["evaluate"] if b not in benches]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,9 @@ def rl_runs(config: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 def rl_inputs(config: dict[str, Any], root_dir: str, model: str, method: str) -> dict[str, str]:
     rl = config["rl"]
-    inputs = {"model": f"{root_dir}/models/{model}/model",
-              "data": f"{root_dir}/data/countdown/{rl['split']}.jsonl"}
+    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    if rl["task"] == "countdown":
+        inputs["data"] = f"{root_dir}/data/countdown/{rl['split']}.jsonl"
     if method.startswith("bupo") and rl["bupo_layer"] == "boundary":
         inputs["boundary"] = f"{root_dir}/decomposition/{model}/boundary.json"
     return inputs
@@ -125,3 +127,81 @@ def rl_inputs(config: dict[str, Any], root_dir: str, model: str, method: str) ->
 def rl_evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
     return [f"{root_dir}/rl/{m}/{meth}/seed{s}/eval/{b}/summary.json"
             for m, meth, s in rl_runs(config) for b in config["rl"]["evaluate"]]
+
+
+# --------------------------------------------------------------------------- resources
+
+RESOURCE_KEYS = ("mem_mb", "runtime", "threads", "gpu")
+ACCELERATE_DIR = Path(__file__).resolve().parent.parent / "config" / "accelerate"
+
+
+def rule_resources(config: dict[str, Any], rule: str) -> dict[str, int]:
+    """``resources.default`` overridden field by field by ``resources.<rule>``."""
+    res = config["resources"]
+    return {**res["default"], **res.get(rule, {})}
+
+
+def threads(config: dict[str, Any], rule: str) -> int:
+    """A rule's ``threads:`` (Snakemake caps it at --cores; on Slurm --cpus-per-task)."""
+    return int(rule_resources(config, rule)["threads"])
+
+
+def resources(config: dict[str, Any], rule: str) -> dict[str, int]:
+    """A rule's ``resources:`` (``mem_mb``, ``runtime`` in minutes, ``gpu``): the names the
+    Slurm executor plugin turns into --mem, --time and --gpus; ``gpu`` is also what
+    ``snakemake --resources gpu=N`` limits locally."""
+    r = rule_resources(config, rule)
+    return {"mem_mb": int(r["mem_mb"]), "runtime": int(r["runtime"]), "gpu": int(r["gpu"])}
+
+
+def accelerate_config(config: dict[str, Any]) -> str:
+    """The accelerate config file of multi-GPU training (``rl.distributed``): ddp, fsdp
+    (config/accelerate/<name>.yaml) or a path."""
+    name = config["rl"]["distributed"]
+    if name in ("ddp", "fsdp"):
+        return str(ACCELERATE_DIR / f"{name}.yaml")
+    return str(Path(name).expanduser().resolve())
+
+
+def train_launcher(config: dict[str, Any], gpus: int) -> str:
+    """The command that starts ``pipeline train``: one process for 0 or 1 GPU,
+    ``accelerate launch`` with one process per GPU otherwise (the trainer's processes
+    find each other through the environment accelerate sets: RANK, WORLD_SIZE, …)."""
+    gpus = int(gpus or 0)
+    if gpus <= 1:
+        return "python -m pipeline"
+    return shlex.join(["accelerate", "launch", "--num_processes", str(gpus),
+                       "--num_machines", "1", "--config_file", accelerate_config(config),
+                       "-m", "pipeline"])
+
+
+def rl_train_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``rl`` settings a train job gets as ``--spec``: not the job lists (wildcards)
+    nor how it is launched (rl.distributed), so neither reruns finished training."""
+    return {k: v for k, v in config["rl"].items() if k not in ("models", "methods", "distributed")}
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """What ``pipeline compare`` gets as ``--spec``: the run lists (base evaluations,
+    RL runs, before/after analyses) it reads, the baseline method."""
+    rl, comp = config["rl"], config["comparison"]
+    jobs = bool(rl["models"] and rl["methods"])
+    return {
+        "benchmarks": {b: benchmark_models(config, b) for b in config["evaluation"]["benchmarks"]},
+        "seeds": list(config["seeds"]),
+        "rl": {"models": list(rl["models"]) if jobs else [],
+               "methods": list(rl["methods"]) if jobs else [],
+               "evaluate": list(rl["evaluate"])},
+        "baseline": comp["baseline"],
+        "before_after": list(comp["before_after"]),
+    }
+
+
+def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
+    """The files ``pipeline compare`` reads (named lists, for ``input:``)."""
+    from pipeline.comparison import manifest, manifest_paths
+
+    return manifest_paths(manifest(compare_spec(config), root_dir))

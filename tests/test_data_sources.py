@@ -453,3 +453,19 @@ def test_real_evals_sources(tmp_path):
     wiki = load_source("wikipedia", cache_dir=cache)
     assert sum(len(r["text"].split()) for r in wiki) > 90_000
     assert all(r["answer"].isdigit() for r in load_source("aime", cache_dir=cache))
+
+
+@pytest.mark.parametrize("digits", [1, 2])
+def test_addition_sources_are_correct_sums(tmp_path, digits):
+    pytest.importorskip("reasoning_gym")
+    import re
+
+    rows = load_source(f"addition_{digits}digit", cache_dir=tmp_path, limit=200, seed=3)
+    assert len(rows) == 200 and rows == load_source(f"addition_{digits}digit",
+                                                    cache_dir=tmp_path, limit=200, seed=3)
+    for r in rows:  # reasoning-gym's max_digits=d draws operands in 0..10^d inclusive
+        a, b = map(int, re.fullmatch(r"\D*?(\d+) \+ (\d+)\.?", r["problem"]).groups())
+        assert 0 <= a <= 10 ** digits and 0 <= b <= 10 ** digits
+        assert r["answer"] == str(a + b) and r["source"] == f"addition_{digits}digit"
+    other = load_source(f"addition_{digits}digit", cache_dir=tmp_path, limit=200, seed=4)
+    assert [r["problem"] for r in other] != [r["problem"] for r in rows]

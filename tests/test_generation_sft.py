@@ -108,3 +108,42 @@ def test_top_p_keeps_the_nucleus():
     share = (picks == 0).float().mean().item()
     assert abs(share - 0.5 / 0.8) < 0.04
     assert sample_next(logits[:1], 0.0, 1.0, None).item() == 0
+
+
+def test_sampling_model_casts_a_copy_and_leaves_the_model(tiny_model, char_tokenizer):
+    from pipeline.generation import sampling_model
+
+    assert sampling_model(tiny_model, None) is tiny_model
+    assert sampling_model(tiny_model, "float32") is tiny_model  # already fp32
+    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    attn = tiny_model.config._attn_implementation
+    copy = sampling_model(tiny_model, torch.bfloat16)
+    assert copy is not tiny_model and not copy.training
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
+    assert copy.config._attn_implementation == "sdpa"
+    assert tiny_model.config._attn_implementation == attn
+    for n, p in tiny_model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    for n, p in copy.named_parameters():  # the copy carries the current weights, rounded
+        torch.testing.assert_close(p.float(), before[n], atol=0, rtol=2 ** -8)
+
+
+def test_bf16_sampling_decodes_the_bf16_model_greedily(tiny_model, char_tokenizer):
+    """dtype=bfloat16 == a naive greedy loop over full forwards of the bf16 copy."""
+    from pipeline.generation import sampling_model
+
+    prompts = ["12+3=", "7*8-1="]
+    got = generate(tiny_model, char_tokenizer, prompts, temperature=0.0, max_new_tokens=6,
+                   progress=False, dtype="bfloat16")
+    ref_model = sampling_model(tiny_model, torch.bfloat16)
+    for g, prompt in zip(got, prompts, strict=True):
+        ids = char_tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        out = []
+        with torch.no_grad():
+            for _ in range(len(g.token_ids)):
+                nxt = int(ref_model(input_ids=ids).logits[0, -1].argmax())
+                out.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+                if nxt == char_tokenizer.eos_token_id:
+                    break
+        assert g.token_ids == out

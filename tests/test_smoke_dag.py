@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,9 +92,11 @@ def test_mlflow_runs_nested(smoke_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     rules = sorted(r.data.tags["rule"] for r in children)
-    assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare"]
+    assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare",
+                            "compare"]
                            + 2 * ["evaluate", "provision", "responses", "decomposition",
-                                  "attention", "depth", "train", "evaluate_trained"])
+                                  "attention", "depth", "train", "evaluate_trained",
+                                  "decomposition_trained", "attention_trained"])
     train = [r for r in children if r.data.tags["rule"] == "train"]
     assert {r.data.tags["wc.method"] for r in train} == {"grpo", "bupo"}
     assert all(len(client.get_metric_history(r.info.run_id, "reward_mean")) == 3
@@ -115,6 +118,113 @@ def test_mlflow_runs_nested(smoke_run):
     report = next(r for r in children if r.data.tags["rule"] == "report_summary")
     names = {a.path for a in client.list_artifacts(report.info.run_id, "figures")}
     assert "figures/evaluation.png" in names
+    compare = next(r for r in children if r.data.tags["rule"] == "compare")
+    figures = {a.path for a in client.list_artifacts(compare.info.run_id, "figures")}
+    assert figures == {f"figures/{f}" for f in COMPARE_FIGURES}
+    tables = {a.path for a in client.list_artifacts(compare.info.run_id, "tables")}
+    assert {"tables/comparison.csv", "tables/differences.csv", "tables/tables.html"} <= tables
+    assert "countdown/qwen3-smoke/grpo/avg_2" in compare.data.metrics  # "@" → "_" (tracking._key)
+
+
+COMPARE_FIGURES = ("accuracy.png", "pass_at_k.png", "training_curves.png",
+                   "entropy_per_layer.png", "attention_before_after.png")
+
+
+@pytest.mark.slow
+def test_comparison_outputs(smoke_run):
+    """One seed: the within-run intervals over problems, paired differences to GRPO over
+    the same problems; the recomputed values are the evaluation summaries'."""
+    workdir, _ = smoke_run
+    root = workdir / "results" / "smoke"
+    out = root / "compare"
+    tidy = pd.read_csv(out / "evaluations.csv")
+    metrics = {"greedy_accuracy", "avg@2", "pass@1", "pass@2", "mean_response_tokens"}
+    assert set(tidy["metric"]) == metrics
+    assert len(tidy) == 4 * len(metrics)  # 2 base models + grpo, bupo of qwen3-smoke
+    assert set(zip(tidy["model"], tidy["method"], strict=True)) == {
+        ("qwen3-smoke", "base"), ("llama-smoke", "base"), ("qwen3-smoke", "grpo"),
+        ("qwen3-smoke", "bupo")}
+    for _, r in tidy[tidy["metric"] != "mean_response_tokens"].iterrows():
+        ev = (root / "eval" / r["model"] if r["method"] == "base"
+              else root / "rl" / r["model"] / r["method"] / "seed0" / "eval")
+        summary = json.loads((ev / "countdown" / "seed0" / "summary.json").read_text()
+                             if r["method"] == "base"
+                             else (ev / "countdown" / "summary.json").read_text())
+        assert r["value"] == pytest.approx(summary[r["metric"]])
+        assert r["n_problems"] == 24
+    comp = pd.read_csv(out / "comparison.csv")
+    assert len(comp) == len(tidy) and set(comp["n_seeds"]) == {1}
+    assert set(comp["ci_kind"]) <= {"within-run t over problems (1 seed)", "none"}
+    diff = pd.read_csv(out / "differences.csv")
+    assert set(diff["method"]) == {"base", "bupo"} and set(diff["baseline"]) == {"grpo"}
+    assert len(diff) == 2 * len(metrics)
+    assert set(diff["ci_kind"]) == {"paired t over 24 problems (1 seed)"}
+    ba = pd.read_csv(out / "before_after.csv")
+    assert set(ba["analysis"]) == {"decomposition", "attention"}
+    assert set(ba["method"]) == {"base", "grpo", "bupo"}
+    assert ba[ba["method"] != "base"]["diff"].notna().all()
+    hist = pd.read_csv(out / "training.csv")
+    assert set(hist["method"]) == {"grpo", "bupo"} and hist["step"].max() == 3
+    for fig in COMPARE_FIGURES:
+        assert (out / "figures" / fig).stat().st_size > 5000, fig
+    for method in ("grpo", "bupo"):  # before/after analyses of the trained checkpoints
+        run = root / "rl" / "qwen3-smoke" / method / "seed0"
+        assert (run / "decomposition" / "per_layer.csv").exists()
+        tokens = pd.read_parquet(run / "attention" / "tokens.parquet")
+        base = pd.read_parquet(root / "attention" / "qwen3-smoke" / "tokens.parquet")
+        assert tokens["token_id"].tolist() == base["token_id"].tolist()  # same responses
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "grpo" and summary["num_training_runs"] == 2
+
+
+REPORT_RESULTS = {*COMPARE_FIGURES, "tables.html", "comparison.csv", "differences.csv",
+                  "evaluations.csv", "before_after.csv", "evaluation.png",
+                  "compare_models.png", "heatmap.png", "trace.png", "head_distance.png",
+                  "entropy_flow_raw.png", "delta_raw.png"}
+
+
+@pytest.fixture(scope="module")
+def html_report(smoke_run):
+    workdir, _ = smoke_run
+    report = workdir / "report.html"
+    res = _snakemake(workdir, "--configfile", str(ROOT / "config" / "smoke.yaml"),
+                     "--report", str(report), timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return report
+
+
+@pytest.mark.slow
+def test_html_report(html_report):
+    """`snakemake --report` writes one self-contained HTML file with every figure and
+    table embedded (data URIs), in its categories."""
+    from pipeline.report_check import report_results
+
+    text = html_report.read_text()
+    assert report_results(html_report) >= REPORT_RESULTS
+    assert text.count("data:image/png") >= len(COMPARE_FIGURES) + 3
+    for category in ("Comparison", "Training", "Before/after RL", "Evaluation",
+                     "Decomposition", "Attention"):
+        assert json.dumps(category) in text, category
+    # self-contained: no script, stylesheet or image fetched from the network
+    assert not re.search(r'<(?:script|link|img)[^>]*(?:src|href)="https?://', text)
+    assert "paired over responses" in text  # a caption, rendered
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_report_and_mlflow_in_a_browser(smoke_run, html_report, tmp_path):
+    """The report and the MLflow UI render in headless chromium (screenshots not blank)."""
+    from pipeline.report_check import check, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no chromium (apt-get install chromium)")
+    workdir, _ = smoke_run
+    index = check(html_report, workdir / "results" / "mlflow.db", tmp_path / "shots",
+                  experiment="reasoning-inside-smoke")
+    names = {s["name"] for s in index["shots"]}
+    assert {"report_home", "report_accuracy", "report_tables", "mlflow_experiment",
+            "mlflow_run", "mlflow_artifact"} <= names
+    assert index["ok"], index
 
 
 @pytest.mark.slow

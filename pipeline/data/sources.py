@@ -133,8 +133,9 @@ SOURCES: dict[str, Source] = {
     ),
     **{f"addition_{d}digit": Source(
         name=f"addition_{d}digit", kind="math",
-        description=f"'Calculate a + b.' with {d}-digit non-negative a, b (deterministic "
-                    "for a seed; an easy task that gives a small model a reward signal)",
+        description=f"'Calculate a + b.' with 0 <= a, b <= {10 ** d} (reasoning-gym's "
+                    f"max_digits={d} draws up to 10^{d} inclusive; deterministic for a seed; an "
+                    "easy task that gives a small model a reward signal)",
         version="0.1.25", licence="Apache-2.0",
         origin="reasoning_gym.create_dataset('basic_arithmetic', 2 terms, '+')",
         package="reasoning-gym==0.1.25", package_licence="Apache-2.0", default_size=1000,

@@ -6,13 +6,19 @@ rule attention:
         tokens=f"{R}/attention/{{model}}/tokens.parquet",
         heads=f"{R}/attention/{{model}}/heads.parquet",
         summary=f"{R}/attention/{{model}}/summary.json",
-        figures=directory(f"{R}/attention/{{model}}/figures"),
+        figures=report(
+            directory(f"{R}/attention/{{model}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/attention.rst",
+            category="Attention",
+            subcategory="{model}",
+        ),
     params:
         spec=pw.spec(config["analysis"]["attention"]),
         job=lambda wc: pw.job(config, "attention", wc),
-    threads: 2
+    threads: pw.threads(config, "attention")
     resources:
-        mem_mb=6000,
+        **pw.resources(config, "attention"),
     conda:
         "../envs/pipeline.yaml"
     log:

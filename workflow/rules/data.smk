@@ -5,6 +5,9 @@ rule countdown_data:
         spec=pw.spec(config["tasks"]["countdown"]),
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         job=pw.job(config, "countdown_data"),
+    threads: pw.threads(config, "countdown_data")
+    resources:
+        **pw.resources(config, "countdown_data"),
     conda:
         "../envs/pipeline.yaml"
     log:

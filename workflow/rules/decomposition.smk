@@ -7,13 +7,19 @@ rule decomposition:
         summary=f"{R}/decomposition/{{model}}/summary.json",
         per_layer=f"{R}/decomposition/{{model}}/per_layer.csv",
         boundary=f"{R}/decomposition/{{model}}/boundary.json",
-        figures=directory(f"{R}/decomposition/{{model}}/figures"),
+        figures=report(
+            directory(f"{R}/decomposition/{{model}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/decomposition.rst",
+            category="Decomposition",
+            subcategory="{model}",
+        ),
     params:
         spec=pw.spec(config["analysis"]["decomposition"]),
         job=lambda wc: pw.job(config, "decomposition", wc),
-    threads: 2
+    threads: pw.threads(config, "decomposition")
     resources:
-        mem_mb=6000,
+        **pw.resources(config, "decomposition"),
     conda:
         "../envs/pipeline.yaml"
     log:
@@ -29,10 +35,18 @@ rule decomposition_compare:
     input:
         per_layer=expand(f"{R}/decomposition/{{model}}/per_layer.csv", model=ANALYSIS_MODELS),
     output:
-        f"{R}/decomposition/compare_models.png",
+        report(
+            f"{R}/decomposition/compare_models.png",
+            caption="../report/decomposition_compare.rst",
+            category="Decomposition",
+            subcategory="all models",
+        ),
     params:
         names=ANALYSIS_MODELS,
         job=pw.job(config, "decomposition_compare"),
+    threads: pw.threads(config, "decomposition_compare")
+    resources:
+        **pw.resources(config, "decomposition_compare"),
     conda:
         "../envs/pipeline.yaml"
     log:

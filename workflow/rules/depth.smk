@@ -10,9 +10,9 @@ rule depth:
         else "null",
         out_dir=lambda wc, output: os.path.dirname(output.summary),
         job=lambda wc: pw.job(config, "depth", wc),
-    threads: 2
+    threads: pw.threads(config, "depth")
     resources:
-        mem_mb=6000,
+        **pw.resources(config, "depth"),
     conda:
         "../envs/pipeline.yaml"
     log:

@@ -9,9 +9,9 @@ rule evaluate:
         source=lambda wc: config["models"][wc.model]["source"],
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         job=lambda wc: pw.job(config, "evaluate", wc),
-    threads: 2
+    threads: pw.threads(config, "evaluate")
     resources:
-        mem_mb=4000,
+        **pw.resources(config, "evaluate"),
     conda:
         "../envs/pipeline.yaml"
     log:

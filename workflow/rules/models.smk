@@ -8,9 +8,9 @@ rule provision:
         spec=lambda wc: pw.spec(config["models"][wc.model]),
         data=lambda wc, input: f"--data {input.data}" if input.data else "",
         job=lambda wc: pw.job(config, "provision", wc),
-    threads: 2
+    threads: pw.threads(config, "provision")
     resources:
-        mem_mb=4000,
+        **pw.resources(config, "provision"),
     conda:
         "../envs/pipeline.yaml"
     log:

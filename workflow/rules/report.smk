@@ -4,9 +4,16 @@ rule report_summary:
         provisions=expand(f"{R}/models/{{model}}/provision.json", model=MODELS),
     output:
         csv=f"{R}/summary/evaluation.csv",
-        figure=f"{R}/summary/evaluation.png",
+        figure=report(
+            f"{R}/summary/evaluation.png",
+            caption="../report/evaluation.rst",
+            category="Evaluation",
+        ),
     params:
         job=pw.job(config, "report_summary"),
+    threads: pw.threads(config, "report_summary")
+    resources:
+        **pw.resources(config, "report_summary"),
     conda:
         "../envs/pipeline.yaml"
     log:

@@ -8,9 +8,9 @@ rule responses:
         source=lambda wc: config["models"][wc.model]["source"],
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         job=lambda wc: pw.job(config, "responses", wc),
-    threads: 2
+    threads: pw.threads(config, "responses")
     resources:
-        mem_mb=4000,
+        **pw.resources(config, "responses"),
     conda:
         "../envs/pipeline.yaml"
     log:

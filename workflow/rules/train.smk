@@ -5,22 +5,24 @@ rule train:
         model=directory(f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/model"),
         history=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/history.json",
     params:
-        spec=pw.spec({k: v for k, v in config["rl"].items() if k not in ("models", "methods")}),
+        spec=pw.spec(pw.rl_train_spec(config)),
         source=lambda wc: config["models"][wc.model]["source"],
+        data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         boundary=lambda wc, input: f"--boundary {input.boundary}" if "boundary" in input.keys() else "",
         out_dir=lambda wc, output: os.path.dirname(output.history),
         job=lambda wc: pw.job(config, "train", wc),
-    threads: 2
+        launch=lambda wc, resources: pw.train_launcher(config, resources.get("gpu", 0)),
+    threads: pw.threads(config, "train")
     resources:
-        mem_mb=8000,
+        **pw.resources(config, "train"),
     conda:
         "../envs/pipeline.yaml"
     log:
         f"{R}/logs/train/{{model}}-{{method}}-seed{{seed}}.log",
     shell:
-        "python -m pipeline train --name {wildcards.model} --method {wildcards.method:q}"
+        "{params.launch} train --name {wildcards.model} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --model-dir {input.model} --spec {params.spec:q}"
-        " --data {input.data} --source {params.source} {params.boundary}"
+        " {params.data} --source {params.source} {params.boundary}"
         " --out-dir {params.out_dir} --threads {threads} --job {params.job:q} > {log} 2>&1"
 
 
@@ -36,9 +38,9 @@ rule evaluate_trained:
         source=lambda wc: config["models"][wc.model]["source"],
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         job=lambda wc: pw.job(config, "evaluate_trained", wc),
-    threads: 2
+    threads: pw.threads(config, "evaluate_trained")
     resources:
-        mem_mb=4000,
+        **pw.resources(config, "evaluate_trained"),
     conda:
         "../envs/pipeline.yaml"
     log:
