@@ -8,6 +8,7 @@ MMLU). Every summary number checked here is recomputed from the tables.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import pipeline.data
@@ -42,6 +44,7 @@ MIN_SPEC = {
     "frequency": {"n_texts": 40},
     "facts": {"n_facts": 8, "min_answer_tokens": 2},
     "mcq": {"shots": 4, "n_problems": 6, "max_chars": None},
+    "pos": {"n_passages": 20, "min_words": 4, "max_words": 30},
     "decision_depth": {"n_ks": 12, "k_max": 1000},
     "claims": {"min_n": 1},
     "builtin": {"n_prompts": 24, "n_freq_texts": 30},
@@ -207,8 +210,21 @@ def check_common(tables: dict, summary: dict, num_layers: int) -> None:
     for c in summary["claims"]:
         assert set(c) == {"claim", "lens", "measured", "criterion", "holds"}
         assert c["holds"] in (True, False, None)
-    assert "spaCy" in summary["pos"]
     assert set(summary["timings_s"]) >= {"baseline", "heldout_kl", "total"}
+
+
+def check_earliest_summary(summ, detail, group: str) -> None:
+    """An ``earliest_summary`` table recomputed from its per-prompt table: correct prompts
+    only; every correct prompt reaches rank 1 (at h[L] at the latest)."""
+    for r in summ.itertuples():
+        sub = detail[(detail.lens == r.lens) & (detail[group] == getattr(r, group))
+                     & detail.correct]
+        col = "earliest_k1" if r.variant == "first" else "earliest_k1_stays"
+        assert r.n_correct == len(sub) == r.n_used
+        assert (sub[col] >= 0).all()
+        if len(sub):
+            assert math.isclose(r.mean_layer, sub[col].mean())
+            assert math.isclose(r.median_layer, sub[col].median())
 
 
 def claim(summary: dict, prefix: str, lens: str) -> dict:
@@ -246,16 +262,12 @@ def test_builtin_path(tiny_model, char_tokenizer):
     for r in tc.itertuples():
         assert r.token_class == token_class(char_tokenizer.decode([int(r.true_next)]))
     tcs = tables["token_class_summary"]
-    for r in tcs.itertuples():
-        sub = tc[(tc.lens == r.lens) & (tc.token_class == r.token_class) & tc.correct]
-        col = "earliest_k1" if r.variant == "first" else "earliest_k1_stays"
-        assert r.n_correct == len(sub)
-        if len(sub):
-            assert math.isclose(r.mean_layer, sub[col].mean())
+    check_earliest_summary(tcs, tc, "token_class")
     assert claim(summary, "the first answer", "tuned")["holds"] is None
     assert BUILTIN_TEXT_KIND in claim(summary, "the first answer", "tuned")["criterion"]
     assert claim(summary, "valid options", "logit")["holds"] is None
     assert BUILTIN_TEXT_KIND in claim(summary, "function words", "tuned")["claim"]
+    assert "spaCy" in summary["pos"] and "pos" not in tables
     render(tables, summary, "tiny", {"kl_per_layer.png", "decision_depth.png",
                                      "bucket_mix.png", "flip_rates.png", "token_classes.png"})
 
@@ -283,14 +295,7 @@ def test_text_path(text_world, fake_sources):
     assert (facts["n_answer_tokens"] >= 2).all()
     fs = tables["facts_summary"]
     assert fs[(fs.answer_token == 1) & (fs.variant == "first")].n_correct.min() > 0
-    for r in fs.itertuples():
-        sub = facts[(facts.lens == r.lens) & (facts.answer_token == r.answer_token)
-                    & facts.correct]
-        col = "earliest_k1" if r.variant == "first" else "earliest_k1_stays"
-        assert r.n_correct == len(sub)
-        if len(sub):
-            assert math.isclose(r.mean_layer, sub[col].mean())
-            assert (sub["earliest_k1"] >= 0).all()
+    check_earliest_summary(fs, facts, "answer_token")
     for name in summary["lenses"]:
         c3 = claim(summary, "the first answer", name)
         s = fs[(fs.lens == name) & (fs.variant == "first")].set_index("answer_token")
@@ -319,17 +324,85 @@ def test_text_path(text_world, fake_sources):
         assert c4["measured"]["median_dominate_layer"] == float(np.median(dom))
         assert c4["measured"]["median_choice_settled_layer_stays"] == float(np.median(settled))
         assert c4["holds"] == bool(np.median(dom) <= L / 2 and np.median(settled) > L / 2)
-        assert claim(summary, "function words", name)["holds"] is None
+    check_pos(tables, summary, sources, tok)
     render(tables, summary, "word", {"kl_per_layer.png", "decision_depth.png",
                                      "bucket_mix.png", "flip_rates.png",
-                                     "facts_earliest_layer.png", "mcq_layers.png"})
+                                     "facts_earliest_layer.png", "mcq_layers.png",
+                                     "pos_earliest_layer.png", "pos_decision_depth.png"})
+
+
+def check_pos(tables: dict, summary: dict, sources: dict, tok) -> None:
+    """POS tables: prompts cut from the wikipedia passages before a word of the tag, the
+    target its first token, correct-only statistics; summary and claim from the tables."""
+    pos, ps, pdd = tables["pos"], tables["pos_summary"], tables["pos_decision_depth"]
+    spec = summary["spec"]["pos"]
+    tags = spec["function_tags"] + spec["content_tags"]
+    assert set(pos.upos) <= set(tags)
+    assert summary["pos"]["n_passages"] == min(spec["n_passages"], len(sources["wikipedia"]))
+    wiki = [r["text"] for r in sources["wikipedia"]]
+    one = pos[pos.lens == "logit"]
+    for r in one.itertuples():
+        assert wiki[r.passage].startswith(r.prompt)
+        assert tok(r.prompt).input_ids + [r.target] == \
+            tok(wiki[r.passage]).input_ids[:r.n_tokens + 1]
+        assert tok.decode([r.target]).strip() == r.word.strip()  # word-level vocabulary
+    assert (pos["correct"] == (pos["final"] == pos["target"])).all()
+    assert (pos.loc[~pos.correct, ["earliest_k1", "earliest_k1_stays"]] == -1).all().all()
+    assert (pos.loc[pos.correct, "earliest_k1"] >= 0).all()
+    check_earliest_summary(ps, pos, "upos")
+    for r in pdd[np.isclose(pdd.k, 1) & (pdd.variant == "first")].itertuples():
+        sub = pos[(pos.lens == r.lens) & (pos.upos == r.upos) & pos.correct]
+        assert r.n_prompts == len(sub)
+        if len(sub):
+            assert math.isclose(r.mean_layer, sub.earliest_k1.mean())
+    for name in summary["lenses"]:
+        c = claim(summary, "function words", name)
+        first = ps[(ps.lens == name) & (ps.variant == "first")].set_index("upos")
+        for t, v in c["measured"]["mean_earliest_layer"].items():
+            want = first.loc[t, "mean_layer"]
+            assert (v is None and math.isnan(want)) or math.isclose(v, want)
+        ok = first[first.n_used >= 1]
+        f, ct = ok[ok.word_class == "function"], ok[ok.word_class == "content"]
+        want = None if not len(f) or not len(ct) else \
+            bool(f.mean_layer.max() < ct.mean_layer.min())
+        assert c["holds"] == want
+        for t, v in summary["pos"]["median_earliest_layer"][name].items():
+            want = first.loc[t, "median_layer"]
+            assert (v is None and math.isnan(want)) or math.isclose(v, want)
+
+
+def test_pos_with_correct_prompts(text_world, fake_sources):
+    """The random model never predicts a real word; with an output bias towards "the" and
+    "river" it sometimes does, so DET and NOUN prompts pass the correct-only filter and
+    the per-POS statistics and the claim are computed on real rows."""
+    model, tok, sources = text_world
+    biased = copy.deepcopy(model)
+    head = nn.Linear(biased.config.hidden_size, len(tok), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(biased.lm_head.weight)
+        head.bias.zero_()
+        ids = [tok(r["text"]).input_ids for r in sources["wikipedia"]]
+        logits = torch.cat([biased(torch.tensor([x])).logits[0] for x in ids])
+        for word in ("the", "river"):
+            gap = logits.max(-1).values - logits[:, tok.convert_tokens_to_ids(word)]
+            head.bias[tok.convert_tokens_to_ids(word)] = gap.quantile(0.5)
+    biased.lm_head = head
+    spec = {**MIN_SPEC, "lenses": ["logit"], "pos": {**MIN_SPEC["pos"], "n_passages": 30}}
+    tables, summary, _ = run_depth(biased, tok, spec, model_name="w", progress=False)
+    pos = tables["pos"]
+    assert pos[pos.upos == "DET"].correct.any() and pos[pos.upos == "NOUN"].correct.any()
+    assert not pos.correct.all()
+    check_pos(tables, summary, sources, tok)
+    assert claim(summary, "function words", "logit")["holds"] is not None
 
 
 def test_logit_only_and_pretrained_lens(text_world, fake_sources):
     model, tok, _ = text_world
-    spec = {**MIN_SPEC, "lenses": ["logit"]}
+    spec = {**MIN_SPEC, "lenses": ["logit"], "pos": {"n_passages": 0}}
     tables, summary, lens = run_depth(model, tok, spec, model_name="w", progress=False)
     assert lens is None and set(tables["baseline"].lens) == {"logit"}
+    assert "pos" not in tables and summary["pos"].startswith("POS case study not run")
+    assert claim(summary, "function words", "logit")["holds"] is None
     assert summary["primary_lens"] == "logit" and "lens_history" not in tables
     given = TunedLens.from_model(model)
     tables2, summary2, lens2 = run_depth(model, tok, MIN_SPEC, model_name="w",
@@ -373,6 +446,26 @@ def test_multi_lens_matches_library(text_world):
     assert (got["tuned"]["ranks"] != got["logit"]["ranks"]).any()  # not vacuous
 
 
+def test_text_sources_reach_load_source(monkeypatch):
+    from pipeline.depth.stage import _text_records, source_key
+
+    calls = []
+
+    def load_source(name, *, cache_dir=None, **kw):
+        calls.append((name, cache_dir, kw))
+        return [{"id": "x/0", "text": "one"}, {"id": "x/1", "text": "two"}]
+
+    monkeypatch.setattr(pipeline.data, "load_source", load_source)
+    assert _text_records("wikipedia", "c") == ["one", "two"]
+    src = {"name": "openwebtext", "path": "/data/owt.jsonl", "columns": {"text": "body"},
+           "limit": 5}
+    assert _text_records(src, None) == ["one", "two"]
+    assert calls == [("wikipedia", "c", {}), ("openwebtext", None, {
+        "path": "/data/owt.jsonl", "columns": {"text": "body"}, "limit": 5})]
+    assert source_key("wikipedia") == "wikipedia"
+    assert source_key(src) == source_key(dict(reversed(list(src.items()))))
+
+
 def test_spec_and_helpers():
     spec = resolve_spec({"tuned": {"steps": 3}, "builtin": {"countdown": {"max_number": 9}}})
     assert spec["tuned"]["steps"] == 3 and spec["tuned"]["lr"] == DEFAULT_SPEC["tuned"]["lr"]
@@ -382,6 +475,16 @@ def test_spec_and_helpers():
         resolve_spec({"tuned": {"stepz": 3}})
     with pytest.raises(ValueError, match="lenses"):
         resolve_spec({"lenses": ["pca"]})
+    # a text source is a registry name or a load_source call (hub id / local file)
+    hub = {"name": "wikipedia", "hub_id": "Salesforce/wikitext", "config": "wikitext-103-raw-v1",
+           "split": "test"}
+    spec = resolve_spec({"tuned": {"heldout_source": hub}, "pos": {"source": "openwebtext"}})
+    assert spec["tuned"]["heldout_source"] == hub and spec["tuned"]["source"] == "openwebtext"
+    assert spec["pos"]["source"] == "openwebtext"
+    with pytest.raises(ValueError, match="tuned.source"):
+        resolve_spec({"tuned": {"source": {"hub_id": "a/b"}}})
+    with pytest.raises(ValueError, match="baseline.source.bogus"):
+        resolve_spec({"baseline": {"source": {"name": "wikipedia", "bogus": 1}}})
 
     class Tok:
         def __init__(self, n):

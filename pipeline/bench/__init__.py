@@ -10,4 +10,6 @@ BENCHMARKS: dict[str, str] = {
     "decomposition": "pipeline.bench.decomposition",
     "generation": "pipeline.bench.generation",
     "attention": "pipeline.bench.attention",
+    "depth": "pipeline.bench.depth",
+    "rl": "pipeline.bench.rl",
 }

@@ -45,6 +45,23 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def run_decoder(model: nn.Module, decoder: nn.Module, input_ids: Tensor, mask: Tensor) -> None:
+    """One forward of the base ``decoder`` (the output is discarded: hooks read what they
+    need) in eval mode, the model's training flag restored afterwards; position ids from
+    the bool ``mask``, no KV cache."""
+    was_training = model.training
+    model.eval()
+    try:
+        decoder(
+            input_ids=input_ids,
+            attention_mask=mask.long(),
+            position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+        )
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def internal_entropies(
     model: nn.Module,
@@ -154,17 +171,7 @@ def internal_entropies(
                 blk.ffn_out.register_forward_hook(ffn_out(i)),
                 blk.block.register_forward_hook(block_post(i)),
             ]
-        was_training = model.training
-        model.eval()
-        try:
-            layout.decoder(
-                input_ids=input_ids,
-                attention_mask=mask.long(),
-                position_ids=position_ids_from_mask(mask),
-                use_cache=False,
-            )
-        finally:
-            model.train(was_training)
+        run_decoder(model, layout.decoder, input_ids, mask)
     finally:
         for h in handles:
             h.remove()

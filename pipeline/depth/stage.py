@@ -20,6 +20,13 @@ Parts (each timed in ``summary["timings_s"]``):
 4. MCQ: ``shots``-shot MMLU; option-letter ranks per layer, the first layer where the
    four options dominate the vocabulary, where the model's chosen option is settled among
    them and where it is the top-1 (each also in the "stays" variant).
+5. POS: the same Wikipedia passages as the BASELINE set (same source, same seeded order,
+   same truncation by default), tagged with spaCy UPOS; for each tag (DET, ADP, PUNCT vs
+   NOUN, VERB, ADJ) the first word with that tag is the target and the text before it the
+   prompt. Only prompts the model gets right (greedy token = the word's first token) enter
+   the per-POS earliest-layer curves. All prompts of one passage are prefixes of the
+   passage's encoding, so one forward per passage reads them all; lens read-outs run only
+   for the correct ones.
 
 Builtin tiny models (character tokenizer, Countdown SFT) have no natural text: when
 ``builtin_text`` is true (auto: tokenizer vocabulary < 1000) the lens is trained and
@@ -50,6 +57,12 @@ Tables (tidy DataFrames; ``lens`` is ``"logit"`` or ``"tuned"``; layers index h[
   ``<flag>_layer_stays`` for flag in dominate, choice_top1, choice_settled (−1 = never).
 - ``mcq_layers``: lens, layer, frac_dominate, frac_choice_top1, frac_choice_settled,
   median_choice_rank, n_prompts.
+- ``pos``: lens, id, passage, upos, word_class (function / content), word, prompt,
+  n_tokens, target, target_text, final, correct, earliest_k1, earliest_k1_stays (−1 =
+  never or not evaluated: incorrect prompts get no lens read-out).
+- ``pos_summary``: as ``facts_summary`` by ``upos`` (+ word_class).
+- ``pos_decision_depth``: lens, upos, word_class + :func:`decision_depth_curve` columns over
+  the correct prompts of each tag.
 - builtin only — ``token_classes``: lens, prompt, token_class, true_next, correct,
   earliest_k1, earliest_k1_stays; ``token_class_summary``: lens, variant, token_class,
   n_total, n_correct, mean_layer, ci95_lo, ci95_hi, mean_layer_rel.
@@ -58,7 +71,7 @@ Tables (tidy DataFrames; ``lens`` is ``"logit"`` or ``"tuned"``; layers index h[
 from __future__ import annotations
 
 import copy
-import importlib.util
+import json
 import math
 import random
 import re
@@ -90,9 +103,18 @@ from pipeline.depth.metrics import (  # noqa: E402
     log_spaced_ks,
 )
 from pipeline.depth.prompts import (  # noqa: E402
+    CONTENT_TAGS,
+    FUNCTION_TAGS,
+    SPACY_MODEL,
     cut_passages,
+    first_tagged_words,
     mcq_prompts,
+    passage_order,
+    pos_prompts,
+    pos_token_prompts,
+    spacy_model_info,
     teacher_forced_fact_prompts,
+    upos_tag,
 )
 from pipeline.depth.ranks import option_token_ids, strict_rank  # noqa: E402
 from pipeline.depth.readout import (  # noqa: E402
@@ -131,22 +153,35 @@ DEFAULT_SPEC: dict[str, Any] = {
     "facts": {"n_facts": 120, "max_answer_tokens": 3, "min_answer_tokens": 2,
               "relations": None, "seed": 0},
     "mcq": {"shots": 4, "n_problems": 32, "seed": 0, "max_chars": 300},
+    "pos": {"n_passages": 150, "source": None, "seed": None, "min_words": 8, "max_words": 48,
+            "function_tags": list(FUNCTION_TAGS), "content_tags": list(CONTENT_TAGS),
+            "spacy_model": SPACY_MODEL},
     "decision_depth": {"n_ks": 200, "k_max": 10000.0},
     "claims": {"early_frac": 0.25, "min_n": 5},
     "builtin": {"n_prompts": 300, "n_freq_texts": 1000, "seed": 1,
                 "countdown": {"num_numbers": 3, "min_number": 1, "max_number": 30,
                               "min_target": 1, "max_target": 100}},
 }
-"""Stage settings, sized for a 2-core CPU (SmolLM2-135M: about 3.7 min on one thread; the
-paper's lens recipe is 250 steps × 2^18 tokens — raise ``tuned.steps`` /
-``tokens_per_step`` on a GPU). ``batch_size``: prompts per forward (facts use 2×, MCQ ½×).
-``tuned`` is passed to :func:`train_tuned_lens` (lr 0.2: twice the library's 0.1, still
-stable at the last layers for this budget; short windows make the position-0 attention
-sink weigh more, so ``heldout_seq_len`` is longer); ``baseline.max_words`` truncates each
-passage before it is cut (bounds the context, hence the forward cost); ``facts`` keeps facts
-whose answer has at least ``min_answer_tokens`` tokens (the paper's multi-token answers);
+"""Stage settings, sized for a 2-core CPU (SmolLM2-135M: about 3.7 min on one thread, plus
+≈ 47 s for the POS set of 150 passages; the paper's lens recipe is 250 steps × 2^18
+tokens — raise ``tuned.steps`` / ``tokens_per_step`` on a GPU, see config/depth-paper.yaml).
+``batch_size``: prompts per forward (facts use 2×, MCQ ½×, POS one passage per prompt).
+Every ``source`` is a name of :data:`pipeline.data.SOURCES` (the pinned registry
+passages) or a :func:`pipeline.data.load_source` call as a mapping ``{"name", "hub_id" |
+"path", "config", "split", "revision", "columns", "limit"}`` (config/depth-paper.yaml trains
+the lens on WikiText-103 from the hub). ``tuned`` is passed to :func:`train_tuned_lens`
+(lr 0.2: twice the library's 0.1, still stable at the last layers for this budget; short
+windows make the position-0 attention sink weigh more, so ``heldout_seq_len`` is longer);
+``baseline.max_words`` truncates each passage before it is cut (bounds the context, hence
+the forward cost); ``facts`` keeps facts whose answer has at least ``min_answer_tokens``
+tokens (the paper's multi-token answers);
 ``mcq.max_chars`` keeps MMLU items whose question + choices have at most that many
-characters (None = all); ``claims.early_frac``: the "early" layers are
+characters (None = all); ``pos``: the POS case study (natural text only) tags the first
+``n_passages`` passages (0 = off) of ``source`` (None = ``baseline.source``) that
+:func:`~pipeline.depth.cut_passages` visits with ``seed`` (None = ``baseline.seed``), each
+truncated to ``max_words`` words, with the spaCy pipeline ``spacy_model``; the target of
+each tag in ``function_tags`` + ``content_tags`` is its first word with at least
+``min_words`` words before it; ``claims.early_frac``: the "early" layers are
 h[1]..h[max(1, ⌊early_frac·L⌋)]; claims need ``min_n`` prompts per group (else ``holds``
 is None). ``builtin``: the Countdown text of builtin models (``n_prompts`` BASELINE prompts,
 ``n_freq_texts`` frequency texts, ``tuned.n_train_texts`` lens texts; generator settings in
@@ -183,6 +218,11 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
                 base[k] = copy.deepcopy(v)
 
     merge(out, spec or {}, "")
+    for path in ("tuned.source", "tuned.heldout_source", "baseline.source", "frequency.source",
+                 "pos.source"):
+        part, key = path.split(".")
+        if not (path == "pos.source" and out[part][key] is None):
+            _check_source(out[part][key], path)
     bad = [x for x in out["lenses"] if x not in LENS_NAMES]
     if bad or not out["lenses"]:
         raise ValueError(f"depth spec: lenses must be a non-empty subset of {LENS_NAMES}, "
@@ -260,6 +300,8 @@ def multi_lens_predictions(
     *,
     targets: Sequence[int] | None = None,
     option_ids: Sequence[int] | None = None,
+    positions: Sequence[Sequence[int]] | None = None,
+    correct_only: bool = False,
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "lens",
@@ -269,26 +311,49 @@ def multi_lens_predictions(
     (same left-padded, length-sorted batches). Returns ``{lens name: {"ranks" [N, L+1],
     "top1" [N, L+1], "final" [N], "targets" [N]}}`` (+ with options: ``"option_ranks"``
     [N, L+1, K], ``"choice"``, ``"dominate"``, ``"choice_top1"``, ``"choice_settled"``
-    and their ``_layer`` / ``_layer_stays`` first layers, as :func:`option_ranks`)."""
+    and their ``_layer`` / ``_layer_stays`` first layers, as :func:`option_ranks`).
+
+    ``positions``: per prompt, the 0-based token indices at which to read (index j reads
+    the prediction of token j+1, i.e. the prompt ``ids[:j+1]``; default: the last token
+    only). The N result rows are then the reads, prompt by prompt in the given order, and
+    ``"prompt"`` / ``"position"`` [N] say where each was read; ``targets`` are per read.
+    ``correct_only`` (needs ``targets``; not with options): the lens read-outs run only for
+    reads where the model's greedy token equals the target — the others keep ``final``
+    but have rank and top-1 −1 in every layer; ``"evaluated"`` [N] marks the kept reads.
+    """
     enc = []
     for p in prompts:
         ids = tokenizer(p).input_ids if isinstance(p, str) else [int(t) for t in p]
         if not ids:
             raise ValueError(f"prompt {p!r} encodes to no tokens")
         enc.append(ids)
-    n = len(enc)
+    if positions is None:
+        reads = [[len(ids) - 1] for ids in enc]
+    else:
+        if len(positions) != len(enc):
+            raise ValueError(f"{len(positions)} position lists for {len(enc)} prompts")
+        reads = [[int(j) for j in pos] for pos in positions]
+        for ids, pos in zip(enc, reads, strict=True):
+            if not pos or len(set(pos)) != len(pos) or min(pos) < 0 or max(pos) >= len(ids):
+                raise ValueError(f"positions {pos} must be distinct token indices in "
+                                 f"[0, {len(ids)})")
+    start = np.cumsum([0] + [len(r) for r in reads])  # read rows of prompt i: start[i]..
+    n = int(start[-1])
     tgt = None if targets is None else np.asarray(targets, dtype=np.int64).reshape(-1)
     if tgt is not None and len(tgt) != n:
-        raise ValueError(f"{len(tgt)} targets for {n} prompts")
+        raise ValueError(f"{len(tgt)} targets for {n} reads")
+    if correct_only and (tgt is None or option_ids is not None):
+        raise ValueError("correct_only needs targets and no option_ids")
     layout = find_layout(model)
     readout = Readout(model, layout=layout)
     n_layers = len(layout.blocks)
     dev = input_device(model)
     pad = _pad_id(tokenizer)
     final = np.zeros(n, dtype=np.int64)
+    evaluated = np.zeros(n, dtype=bool)
     res: dict[str, dict[str, np.ndarray]] = {
-        name: {"ranks": np.zeros((n, n_layers + 1), dtype=np.int64),
-               "top1": np.zeros((n, n_layers + 1), dtype=np.int64)} for name in lenses}
+        name: {"ranks": np.full((n, n_layers + 1), -1, dtype=np.int64),
+               "top1": np.full((n, n_layers + 1), -1, dtype=np.int64)} for name in lenses}
     opt = None if option_ids is None else torch.as_tensor(list(option_ids), dtype=torch.long)
     if opt is not None:
         k = opt.numel()
@@ -297,20 +362,34 @@ def multi_lens_predictions(
             r["option_ranks"] = np.zeros((n, n_layers + 1, k), dtype=np.int64)
             r["dominate"] = np.zeros((n, n_layers + 1), dtype=bool)
             r["_opt_logits"] = np.zeros((n, n_layers + 1, k), dtype=np.float32)
-    order = sorted(range(n), key=lambda i: -len(enc[i]))
-    batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    batches = [order[s:s + batch_size] for s in range(0, len(enc), batch_size)]
     for idx in tqdm(batches, desc=desc, disable=not progress):
         ids, mask = pad_token_ids([enc[i] for i in idx], pad, side="left")
-        hs = capture_hidden(model, ids.to(dev), mask.to(dev), layout=layout)
-        for rows in readout.chunks(len(idx)):
-            sel = np.asarray(idx[rows])
+        width = ids.shape[1]
+        where = torch.zeros_like(mask, dtype=torch.bool)
+        sel_all = []  # read row of each selected position, in capture (row-major) order
+        for b, i in enumerate(idx):
+            shift = width - len(enc[i])
+            for j, row in sorted(zip(reads[i], range(start[i], start[i + 1]), strict=True)):
+                where[b, shift + j] = True
+                sel_all.append(row)
+        sel_all = np.asarray(sel_all, dtype=np.int64)
+        hs = capture_hidden(model, ids.to(dev), mask.to(dev), positions=where.to(dev),
+                            layout=layout)
+        for rows in readout.chunks(len(sel_all)):
             z = readout.logits(hs[n_layers, rows])
-            f = z.argmax(-1)
-            final[sel] = f.cpu().numpy()
-            o = None if opt is None else opt.to(z.device)
-            if o is not None:
-                final_opt[sel] = z.index_select(1, o).cpu().numpy()
-            t = f if tgt is None else torch.as_tensor(tgt[sel], device=z.device)
+            final[sel_all[rows]] = z.argmax(-1).cpu().numpy()
+            if opt is not None:
+                final_opt[sel_all[rows]] = z.index_select(1, opt.to(z.device)).cpu().numpy()
+        if correct_only:
+            keep = np.nonzero(final[sel_all] == tgt[sel_all])[0]
+            hs, sel_all = hs[:, torch.as_tensor(keep, device=hs.device)], sel_all[keep]
+        evaluated[sel_all] = True
+        for rows in readout.chunks(len(sel_all)):
+            sel = sel_all[rows]
+            o = None if opt is None else opt.to(readout.device)
+            t = torch.as_tensor(final[sel] if tgt is None else tgt[sel], device=readout.device)
             for name, lens in lenses.items():
                 r = res[name]
                 for layer in range(n_layers + 1):
@@ -332,9 +411,15 @@ def multi_lens_predictions(
                         r["_opt_logits"][sel, layer] = zo.cpu().numpy()
         del hs
     used = final.copy() if tgt is None else tgt
+    prompt_of = np.repeat(np.arange(len(enc)), [len(r) for r in reads])
+    position = np.asarray([j for r in reads for j in r], dtype=np.int64)
     for r in res.values():
         r["final"] = final.copy()
         r["targets"] = used.copy()
+        if positions is not None:
+            r["prompt"], r["position"] = prompt_of.copy(), position.copy()
+        if correct_only:
+            r["evaluated"] = evaluated.copy()
         if opt is not None:
             choice = final_opt.argmax(-1)
             ol = r.pop("_opt_logits")
@@ -352,10 +437,34 @@ def multi_lens_predictions(
 
 
 # --------------------------------------------------------------------------- data
-def _text_records(name: str, cache_dir) -> list[str]:
+#: Keys of a text source given as a mapping: a :func:`pipeline.data.load_source` call.
+SOURCE_KEYS = ("name", "path", "hub_id", "config", "split", "revision", "columns", "limit")
+
+
+def source_key(source: str | Mapping[str, Any]) -> str:
+    """A text source as a hashable key: the name, or the mapping as sorted JSON."""
+    return source if isinstance(source, str) else json.dumps(dict(source), sort_keys=True)
+
+
+def _check_source(source: Any, path: str) -> None:
+    if isinstance(source, str):
+        return
+    if not isinstance(source, Mapping) or "name" not in source:
+        raise ValueError(f"depth spec: {path} must be a source name or a mapping with "
+                         f"'name' (and any of {SOURCE_KEYS[1:]}), got {source!r}")
+    if bad := sorted(set(source) - set(SOURCE_KEYS)):
+        raise ValueError(f"depth spec: unknown key {path}.{bad[0]} (known: {SOURCE_KEYS})")
+
+
+def _text_records(source: str | Mapping[str, Any], cache_dir) -> list[str]:
+    """Texts of a source: a name of :data:`pipeline.data.SOURCES` (its default: the pinned
+    registry file) or a mapping ``{"name", "hub_id" | "path", "config", "split",
+    "revision", "columns", "limit"}`` passed to :func:`pipeline.data.load_source` (a hub
+    dataset or a local file for users with network or their own data)."""
     from pipeline.data import load_source
 
-    return [r["text"] for r in load_source(name, cache_dir=cache_dir)]
+    kw = {"name": source} if isinstance(source, str) else dict(source)
+    return [r["text"] for r in load_source(kw.pop("name"), cache_dir=cache_dir, **kw)]
 
 
 def _shuffled(items: Sequence, seed: int) -> list:
@@ -431,8 +540,8 @@ def baseline_long(preds: Mapping[str, Mapping[str, np.ndarray]], freq_rank: np.n
 
 
 def earliest_summary(df: pd.DataFrame, group: str, *, num_layers: int) -> pd.DataFrame:
-    """Mean earliest layer (k = 1) with 95 % CIs over *correct* prompts, per lens,
-    variant (first / stays) and ``group`` value."""
+    """Mean (with 95 % CI) and median earliest layer (k = 1) over *correct* prompts, per
+    lens, variant (first / stays) and ``group`` value."""
     rows = []
     for (lens, g), sub in df.groupby(["lens", group], sort=True):
         ok = sub[sub["correct"].astype(bool)]
@@ -443,6 +552,7 @@ def earliest_summary(df: pd.DataFrame, group: str, *, num_layers: int) -> pd.Dat
             rows.append({"lens": lens, "variant": variant, group: g, "n_total": len(sub),
                          "n_correct": len(ok), "n_used": len(vals), "mean_layer": mean,
                          "ci95_lo": lo, "ci95_hi": hi,
+                         "median_layer": float(np.median(vals)) if len(vals) else math.nan,
                          "mean_layer_rel": mean / num_layers})
     return pd.DataFrame(rows)
 
@@ -534,8 +644,7 @@ def compute_claims(tables: Mapping[str, pd.DataFrame], *, lenses: Sequence[str],
                 f"1 < j ≤ 3 with ≥ {min_n} correct prompts; None if position 1 or all others "
                 f"have fewer than {min_n}")
         if builtin or "facts_summary" not in tables:
-            out.append({"claim": claim, "lens": lens, "measured": {},
-                        "criterion": crit + f" — {na}", "holds": None})
+            out.append(_not_measured(claim, lens, crit + f" — {na}"))
             continue
         s = tables["facts_summary"]
         s = s[(s.lens == lens) & (s.variant == "first")].set_index("answer_token")
@@ -565,8 +674,7 @@ def compute_claims(tables: Mapping[str, pd.DataFrame], *, lenses: Sequence[str],
                 f"strictly above the other options (settled, stays variant) > L/2; None if "
                 f"fewer than {min_n} prompts")
         if builtin or "mcq" not in tables:
-            out.append({"claim": claim, "lens": lens, "measured": {},
-                        "criterion": crit + f" — {na}", "holds": None})
+            out.append(_not_measured(claim, lens, crit + f" — {na}"))
             continue
         q = tables["mcq"]
         q = q[q.lens == lens]
@@ -593,11 +701,11 @@ def compute_claims(tables: Mapping[str, pd.DataFrame], *, lenses: Sequence[str],
                     "holds": holds})
     for lens in lenses:
         claim = "function words (DET, ADP, PUNCT) are decided earliest (POS)"
-        if not builtin or "token_class_summary" not in tables:
-            out.append({"claim": claim, "lens": lens, "measured": {},
-                        "criterion": "not measured: the POS case study needs spaCy UPOS "
-                                     "tags and spaCy is not installed",
-                        "holds": None})
+        if not builtin:
+            out.append(_pos_claim(tables.get("pos_summary"), claim, lens, min_n=min_n))
+            continue
+        if "token_class_summary" not in tables:
+            out.append(_not_measured(claim, lens, f"not measured: no token-class table ({na})"))
             continue
         s = tables["token_class_summary"]
         s = s[(s.lens == lens) & (s.variant == "first")].set_index("token_class")
@@ -616,6 +724,46 @@ def compute_claims(tables: Mapping[str, pd.DataFrame], *, lenses: Sequence[str],
                                   f"digits or both function-like classes have < {min_n}"),
                     "holds": holds})
     return out
+
+
+def _not_measured(claim: str, lens: str, criterion: str) -> dict[str, Any]:
+    return {"claim": claim, "lens": lens, "measured": {}, "criterion": criterion,
+            "holds": None}
+
+
+def _pos_claim(summ: pd.DataFrame | None, claim: str, lens: str, *, min_n: int
+               ) -> dict[str, Any]:
+    """The POS claim on natural text from the ``pos_summary`` table."""
+    crit = ("mean earliest layer at k=1 (first hit, correct-only prompts) of every function "
+            "tag < that of every content tag, over the tags with ≥ "
+            f"{min_n} correct prompts; None if no function or no content tag has that many "
+            "(medians and the pooled function / content means reported beside)")
+    if summ is None or not len(summ):
+        return _not_measured(claim, lens, crit + " — not measured: the POS case study did "
+                                                 "not run")
+    s = summ[(summ.lens == lens) & (summ.variant == "first")].set_index("upos")
+    means = {str(t): float(r.mean_layer) for t, r in s.iterrows()}
+    medians = {str(t): float(r.median_layer) for t, r in s.iterrows()}
+    ns = {str(t): int(r.n_used) for t, r in s.iterrows()}
+    cls = {str(t): str(r.word_class) for t, r in s.iterrows()}
+    func = [t for t in means if cls[t] == "function" and ns[t] >= min_n]
+    cont = [t for t in means if cls[t] == "content" and ns[t] >= min_n]
+
+    def pooled(group: str) -> float:
+        tot = sum(ns[t] for t in means if cls[t] == group and ns[t])
+        return (sum(means[t] * ns[t] for t in means if cls[t] == group and ns[t]) / tot
+                if tot else math.nan)
+
+    holds = None if not func or not cont else bool(
+        max(means[t] for t in func) < min(means[t] for t in cont))
+    return {"claim": claim, "lens": lens,
+            "measured": {"mean_earliest_layer": means, "median_earliest_layer": medians,
+                         "n_correct": ns, "word_class": cls,
+                         "pooled_mean_function": pooled("function"),
+                         "pooled_mean_content": pooled("content"),
+                         "ci95": {str(t): [float(r.ci95_lo), float(r.ci95_hi)]
+                                  for t, r in s.iterrows()}},
+            "criterion": crit, "holds": holds}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -675,14 +823,21 @@ def run_depth(
         freq_texts = texts[n_train + n_held + n_prompts:]
         sources = {"all": f"countdown.generate(seed={seed}, {dict(cd)})"}
     else:
-        need = {spec["tuned"]["source"], spec["tuned"]["heldout_source"],
-                spec["baseline"]["source"], spec["frequency"]["source"]}
-        corpus = {name: _text_records(name, cache_dir) for name in sorted(need)}
-        train_texts = _shuffled(corpus[tspec["source"]], int(tspec["seed"]))[
+        need = [spec["tuned"]["source"], spec["tuned"]["heldout_source"],
+                spec["baseline"]["source"], spec["frequency"]["source"]]
+        if int(spec["pos"]["n_passages"]):
+            need.append(spec["pos"]["source"] or spec["baseline"]["source"])
+        loaded = {source_key(x): x for x in need}
+        corpus = {k: _text_records(x, cache_dir) for k, x in sorted(loaded.items())}
+
+        def texts_of(source):
+            return corpus[source_key(source)]
+
+        train_texts = _shuffled(texts_of(tspec["source"]), int(tspec["seed"]))[
             :int(tspec["n_train_texts"])]
-        held_texts = _shuffled(corpus[tspec["heldout_source"]], int(tspec["seed"]) + 1)
-        prompt_texts = corpus[spec["baseline"]["source"]]
-        freq_texts = corpus[spec["frequency"]["source"]][:int(spec["frequency"]["n_texts"])]
+        held_texts = _shuffled(texts_of(tspec["heldout_source"]), int(tspec["seed"]) + 1)
+        prompt_texts = texts_of(spec["baseline"]["source"])
+        freq_texts = texts_of(spec["frequency"]["source"])[:int(spec["frequency"]["n_texts"])]
         sources = {"tuned_train": tspec["source"], "heldout": tspec["heldout_source"],
                    "baseline": spec["baseline"]["source"],
                    "frequency": spec["frequency"]["source"]}
@@ -867,12 +1022,16 @@ def run_depth(
                                       cache_dir=cache_dir, num_layers=L, progress=progress)
         timings["mcq"] = _run_mcq(model, tokenizer, spec, lenses, tables, summary,
                                   cache_dir=cache_dir, num_layers=L, progress=progress)
-    summary["pos"] = ("POS case study not run: spaCy is not installed (no UPOS tags)"
-                      if importlib.util.find_spec("spacy") is None else
-                      "POS case study not run by this stage (pipeline.depth.pos_prompts "
-                      "needs tagged examples)")
+        if int(spec["pos"]["n_passages"]):
+            src = spec["pos"]["source"] or spec["baseline"]["source"]
+            timings["pos"] = _run_pos(model, tokenizer, spec, lenses, tables, summary,
+                                      texts=texts_of(src), source=src, ks=ks, num_layers=L,
+                                      progress=progress)
+        else:
+            summary["pos"] = "POS case study not run: pos.n_passages is 0"
     if builtin:
-        summary["pos"] += "; token-class breakdown of builtin-task text instead"
+        summary["pos"] = (f"POS case study not run on {BUILTIN_TEXT_KIND} (no natural text "
+                          "for spaCy to tag): token-class breakdown instead")
 
     cl = spec["claims"]
     summary["claims"] = compute_claims(tables, lenses=list(lenses), num_layers=L,
@@ -989,10 +1148,147 @@ def _run_mcq(model, tokenizer, spec, lenses, tables, summary, *, cache_dir, num_
     return time.perf_counter() - t0
 
 
+def pos_prompt_set(tokenizer, texts: Sequence[str], pos_spec: Mapping[str, Any], *,
+                   seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The POS prompt set (module docstring, part 5) from the passages ``texts``: the first
+    ``pos_spec["n_passages"]`` passages in :func:`passage_order` with more than
+    ``min_words`` words, truncated to ``max_words``, tagged by :func:`upos_tag`; per
+    passage, :func:`first_tagged_words` → :func:`pos_prompts` → :func:`pos_token_prompts`.
+    Records: ``{"id" ("<passage>:<UPOS>"), "passage", "upos", "word_class", "prompt",
+    "word", "continuation", "input_ids", "target", "n_tokens", "passage_text"}``; the
+    second value counts candidates and tokenisation drops per tag."""
+    func, cont = list(pos_spec["function_tags"]), list(pos_spec["content_tags"])
+    tags = func + cont
+    if not tags or len(set(tags)) != len(tags):
+        raise ValueError(f"depth: pos tags must be distinct and not empty, got {tags}")
+    min_words, n_want = int(pos_spec["min_words"]), int(pos_spec["n_passages"])
+    chosen: list[tuple[int, str]] = []
+    for i in passage_order(len(texts), seed):
+        if len(chosen) >= n_want:
+            break
+        if len(_WORD.findall(texts[i])) > min_words:
+            chosen.append((i, _truncate_words(texts[i], pos_spec["max_words"])))
+    tagged = upos_tag([t for _, t in chosen], model=pos_spec["spacy_model"])
+    recs: list[dict[str, Any]] = []
+    counts = {"n_passages": len(chosen), "n_found": dict.fromkeys(tags, 0),
+              "n_dropped_tokenisation": dict.fromkeys(tags, 0)}
+    for (i, text), toks in zip(chosen, tagged, strict=True):
+        examples = first_tagged_words(text, toks, tags, min_words=min_words)
+        for ex in examples:
+            ex["id"] = f"{i}:{ex['upos']}"
+            counts["n_found"][ex["upos"]] += 1
+        kept, _ = pos_token_prompts(tokenizer, text, pos_prompts(examples, min_words=1))
+        for r in kept:
+            r.update(passage=i, passage_text=text,
+                     word_class="function" if r["upos"] in func else "content")
+        recs += kept
+        for ex in examples:
+            if not any(r["upos"] == ex["upos"] for r in kept):
+                counts["n_dropped_tokenisation"][ex["upos"]] += 1
+    return recs, counts
+
+
+def _run_pos(model, tokenizer, spec, lenses, tables, summary, *, texts, source, ks,
+             num_layers, progress) -> float:
+    t0 = time.perf_counter()
+    ps = dict(spec["pos"])
+    seed = int(spec["baseline"]["seed"] if ps["seed"] is None else ps["seed"])
+    recs, counts = pos_prompt_set(tokenizer, texts, ps, seed=seed)
+    t_prompts = time.perf_counter() - t0
+    tags = list(ps["function_tags"]) + list(ps["content_tags"])
+    if not recs:
+        summary["pos"] = "POS case study: no prompt could be built"
+        return time.perf_counter() - t0
+    # one forward per passage: every prompt of a passage is a prefix of its longest one
+    by_passage: dict[int, list[int]] = {}
+    for k, r in enumerate(recs):
+        by_passage.setdefault(r["passage"], []).append(k)
+    seqs, positions, order = [], [], []
+    for ks_ in by_passage.values():
+        longest = max(ks_, key=lambda k: recs[k]["n_tokens"])
+        seqs.append(recs[longest]["input_ids"])
+        positions.append([recs[k]["n_tokens"] - 1 for k in ks_])
+        order += ks_
+    recs = [recs[k] for k in order]
+    preds = multi_lens_predictions(model, tokenizer, seqs, lenses,
+                                   targets=[r["target"] for r in recs], positions=positions,
+                                   correct_only=True, batch_size=int(spec["batch_size"]),
+                                   progress=progress, desc="pos")
+    rows, curves = [], []
+    upos = np.asarray([r["upos"] for r in recs], dtype=object)
+    for name, p in preds.items():
+        ok = p["evaluated"]  # = correct: greedy token == the word's first token
+        e1 = np.where(ok, earliest_layer(p["ranks"], 1).numpy(), -1)
+        e1s = np.where(ok, earliest_layer(p["ranks"], 1, stays=True).numpy(), -1)
+        rows.append(pd.DataFrame({
+            "lens": name, "id": [r["id"] for r in recs],
+            "passage": [r["passage"] for r in recs], "upos": upos,
+            "word_class": [r["word_class"] for r in recs], "word": [r["word"] for r in recs],
+            "prompt": [r["prompt"] for r in recs],
+            "n_tokens": [r["n_tokens"] for r in recs], "target": p["targets"],
+            "target_text": [tokenizer.decode([int(t)]) for t in p["targets"]],
+            "final": p["final"], "correct": p["final"] == p["targets"],
+            "earliest_k1": e1, "earliest_k1_stays": e1s}))
+        for tag in tags:
+            m = ok & (upos == tag)
+            curves.append(decision_depth_curve(p["ranks"][m], ks).assign(
+                lens=name, upos=tag, word_class="function" if tag in ps["function_tags"]
+                else "content"))
+    tables["pos"] = pd.concat(rows, ignore_index=True)
+    summ = earliest_summary(tables["pos"], "upos", num_layers=num_layers)
+    summ.insert(3, "word_class", np.where(summ.upos.isin(ps["function_tags"]), "function",
+                                          "content"))
+    tables["pos_summary"] = summ
+    dd = pd.concat(curves, ignore_index=True)
+    tables["pos_decision_depth"] = dd[["lens", "upos", "word_class",
+                                       *[c for c in dd.columns
+                                         if c not in ("lens", "upos", "word_class")]]]
+    first = summ[summ.variant == "first"]
+    lens0 = next(iter(preds))
+    per = {name: first[first.lens == name].set_index("upos") for name in preds}
+    summary["pos"] = {
+        "source": source, "tagger": spacy_model_info(ps["spacy_model"]),
+        "function_tags": list(ps["function_tags"]), "content_tags": list(ps["content_tags"]),
+        "n_passages": counts["n_passages"], "n_forwards": len(seqs),
+        "n_found": counts["n_found"],
+        "n_dropped_tokenisation": counts["n_dropped_tokenisation"],
+        "n_prompts": {t: int(per[lens0].loc[t, "n_total"]) if t in per[lens0].index else 0
+                      for t in tags},
+        "n_correct": {t: int(per[lens0].loc[t, "n_correct"]) if t in per[lens0].index else 0
+                      for t in tags},
+        "mean_prompt_tokens": float(np.mean([r["n_tokens"] for r in recs])),
+        "mean_earliest_layer": {name: {t: float(d.loc[t, "mean_layer"]) for t in tags
+                                       if t in d.index} for name, d in per.items()},
+        "median_earliest_layer": {name: {t: float(d.loc[t, "median_layer"]) for t in tags
+                                         if t in d.index} for name, d in per.items()},
+        "selection": (f"first {counts['n_passages']} passages of the BASELINE order (seed "
+                      f"{seed}) truncated to {ps['max_words']} words; per tag the first "
+                      f"word-initial token (PUNCT may be attached) with ≥ {ps['min_words']} "
+                      "words before it; kept when the passage's encoding continues the "
+                      "prompt's with the word's first token; correct-only (greedy token = "
+                      "that token) in the earliest-layer statistics"),
+        "seconds_prompts": t_prompts,
+    }
+    return time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------- figures
-def _lens_axes(n: int, width: float = 5.0, height: float = 3.4):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, list(axes[0])
+def _lens_panels(df: pd.DataFrame, width: float = 5.0, height: float = 3.4):
+    """One panel per lens of ``df`` (in order of appearance): ``(fig, axes, [(ax, lens,
+    rows of that lens)])``."""
+    lenses = list(dict.fromkeys(df.lens))
+    fig, axes = plt.subplots(1, len(lenses), figsize=(width * len(lenses), height),
+                             squeeze=False)
+    axes = list(axes[0])
+    return fig, axes, [(ax, name, df[df.lens == name])
+                       for ax, name in zip(axes, lenses, strict=True)]
+
+
+def _finish_panels(fig, axes, title: str, **legend):
+    axes[-1].legend(fontsize=7, **legend)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def kl_figure(kl: pd.DataFrame, model_name: str):
@@ -1028,39 +1324,31 @@ def decision_depth_figure(dd: pd.DataFrame, model_name: str):
 
 def bucket_mix_figure(mix: pd.DataFrame, model_name: str, text_kind: str = ""):
     """Share of top-1 guesses per frequency bucket per layer (stacked; layer L = output)."""
-    lenses = list(dict.fromkeys(mix.lens))
-    fig, axes = _lens_axes(len(lenses))
-    for ax, name in zip(axes, lenses, strict=True):
-        d = mix[mix.lens == name].pivot(index="layer", columns="bucket", values="share")
+    fig, axes, panels = _lens_panels(mix)
+    for ax, name, d in panels:
+        d = d.pivot(index="layer", columns="bucket", values="share")
         d = d[[b for b in BUCKETS if b in d.columns]]
         ax.stackplot(d.index, *[d[b] for b in d.columns], labels=list(d.columns),
                      colors=[BUCKET_COLORS[b] for b in d.columns], alpha=0.85)
         ax.set(xlabel="layer (last = model output)", ylabel="share of top-1 guesses",
                ylim=(0, 1), xlim=(d.index.min(), d.index.max()), title=f"{name} lens")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{model_name}: frequency bucket of the top-1 guess"
-                 + (f" ({text_kind})" if text_kind else ""), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, axes, f"{model_name}: frequency bucket of the top-1 guess"
+                          + (f" ({text_kind})" if text_kind else ""), loc="lower right")
 
 
 def flip_rate_figure(flips: pd.DataFrame, model_name: str):
     """Per bucket and layer: share of the layer's top-1 guesses in the bucket that differ
     from the final output (conditional flip rate)."""
-    lenses = list(dict.fromkeys(flips.lens))
-    fig, axes = _lens_axes(len(lenses))
-    for ax, name in zip(axes, lenses, strict=True):
-        d = flips[flips.lens == name]
+    fig, axes, panels = _lens_panels(flips)
+    for ax, name, d in panels:
         for b in BUCKETS:
             x = d[d.bucket == b].sort_values("layer")
             ax.plot(x.layer, x.flip_rate, marker="o", ms=2.5, color=BUCKET_COLORS[b], label=b)
         ax.axhline(0.7, color="0.5", lw=0.6, ls=":")
         ax.set(xlabel="layer", ylabel="flip rate (n_flip / n_in_bucket)", ylim=(-0.02, 1.02),
                title=f"{name} lens")
-    axes[-1].legend(fontsize=7)
-    fig.suptitle(f"{model_name}: refinement (flip) rate per frequency bucket", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, axes, f"{model_name}: refinement (flip) rate per frequency "
+                                     "bucket")
 
 
 def _grouped_bars(summ: pd.DataFrame, group: str, order: Sequence, model_name: str,
@@ -1103,13 +1391,46 @@ def token_class_figure(summ: pd.DataFrame, model_name: str):
                          "class of the true next token")
 
 
+def pos_earliest_figure(summ: pd.DataFrame, model_name: str,
+                        order: Sequence[str] | None = None):
+    """Mean earliest layer (k = 1, correct-only) per UPOS tag, 95 % CIs, in ``order``
+    (default: function tags first)."""
+    if order is None:
+        s = summ.sort_values("word_class", ascending=False, kind="stable")
+        order = list(dict.fromkeys(s.upos))
+    return _grouped_bars(summ, "upos", list(order), model_name,
+                         "part of speech, earliest layer (rank 1)",
+                         "UPOS of the target word (function | content)")
+
+
+def pos_decision_depth_figure(dd: pd.DataFrame, model_name: str):
+    """Per-POS decision depth over the correct prompts of each tag: mean earliest layer with
+    rank ≤ k vs k (log x, first-hit variant); one panel per lens; function tags solid
+    (warm colours), content tags dashed (cool colours)."""
+    warm, cool = plt.get_cmap("autumn"), plt.get_cmap("winter")
+    fig, axes, panels = _lens_panels(dd[dd.variant == "first"])
+    for ax, name, d in panels:
+        tags = list(dict.fromkeys(d.upos))
+        func = [t for t in tags if (d[d.upos == t].word_class == "function").all()]
+        cont = [t for t in tags if t not in func]
+        for group, cmap, ls in ((func, warm, "-"), (cont, cool, "--")):
+            for i, tag in enumerate(group):
+                x = d[d.upos == tag]
+                ax.plot(x.k, x.mean_layer, ls=ls, color=cmap(0.8 * i / max(1, len(group) - 1)),
+                        label=f"{tag} (n={int(x.n_prompts.iloc[0])})")
+        ax.set_xscale("log")
+        ax.set(xlabel="rank threshold k", ylabel="mean earliest layer (rank ≤ k)",
+               title=f"{name} lens")
+    return _finish_panels(fig, axes, f"{model_name}: decision depth per part of speech "
+                                     "(correct-only)")
+
+
 def mcq_figure(layers: pd.DataFrame, model_name: str):
     """Per layer: fraction of MMLU prompts where the 4 options dominate the vocabulary,
     where the chosen option is settled among them, and where it is the top-1."""
-    lenses = list(dict.fromkeys(layers.lens))
-    fig, axes = _lens_axes(len(lenses))
-    for ax, name in zip(axes, lenses, strict=True):
-        d = layers[layers.lens == name].sort_values("layer")
+    fig, axes, panels = _lens_panels(layers)
+    for ax, name, d in panels:
+        d = d.sort_values("layer")
         ax.plot(d.layer, d.frac_dominate, marker="o", ms=2.5, label="options dominate")
         ax.plot(d.layer, d.frac_choice_settled, marker="o", ms=2.5, label="choice settled")
         ax.plot(d.layer, d.frac_choice_top1, marker="o", ms=2.5, label="choice is top-1")
@@ -1117,10 +1438,7 @@ def mcq_figure(layers: pd.DataFrame, model_name: str):
         ax.axvline(n_layers / 2, color="0.5", lw=0.6, ls=":")
         ax.set(xlabel="layer", ylabel="fraction of prompts", ylim=(-0.02, 1.02),
                title=f"{name} lens")
-    axes[-1].legend(fontsize=7)
-    fig.suptitle(f"{model_name}: multiple choice (MMLU)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish_panels(fig, axes, f"{model_name}: multiple choice (MMLU)")
 
 
 def figures(tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any],
@@ -1141,6 +1459,15 @@ def figures(tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any],
         out["facts_earliest_layer.png"] = facts_figure(tables["facts_summary"], model_name)
     if "mcq_layers" in tables and len(tables["mcq_layers"]):
         out["mcq_layers.png"] = mcq_figure(tables["mcq_layers"], model_name)
+    if "pos_summary" in tables and len(tables["pos_summary"]):
+        pos = summary.get("pos")
+        order = (list(pos["function_tags"]) + list(pos["content_tags"])
+                 if isinstance(pos, Mapping) else None)
+        out["pos_earliest_layer.png"] = pos_earliest_figure(tables["pos_summary"], model_name,
+                                                            order)
+    if "pos_decision_depth" in tables and len(tables["pos_decision_depth"]):
+        out["pos_decision_depth.png"] = pos_decision_depth_figure(tables["pos_decision_depth"],
+                                                                  model_name)
     if "token_class_summary" in tables and len(tables["token_class_summary"]):
         out["token_classes.png"] = token_class_figure(tables["token_class_summary"],
                                                       model_name)
