@@ -401,6 +401,7 @@ def train(ns: argparse.Namespace) -> None:
     from pipeline import io
     from pipeline.evaluation import items as bench
     from pipeline.models import load
+    from pipeline.rl import distributed
     from pipeline.rl.config import RLConfig
     from pipeline.rl.trainer import task_fns
     from pipeline.rl.trainer import train as rl_train
@@ -414,12 +415,13 @@ def train(ns: argparse.Namespace) -> None:
         k = io.read_json(ns.boundary)["boundary_layer"] if ns.boundary else None
     cfg = RLConfig.from_dict({**spec["trainer"], "method": ns.method, "seed": ns.seed,
                               "bupo_layer": k})
-    with job_run(_job(ns)) as run:
+    dist = distributed.init()  # accelerate launch: one process per GPU, else one process
+    with job_run(_job(ns) if dist.main else None) as run:
         run.params({**cfg.to_dict(), "base_model": ns.name, "prompt_style": style})
         items = bench.load_items({k: spec[k] for k in ("task", "dataset", "path", "n_problems",
                                                           "data_seed")},
                                  data=ns.data, cache_dir=ns.cache_dir)
-        model, tokenizer = load(ns.model_dir, attn_implementation="eager")
+        model, tokenizer = load(ns.model_dir, attn_implementation="eager", device=dist.device)
         prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
         rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
                  out_dir=ns.out_dir, run=run, resume=True)

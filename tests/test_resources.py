@@ -53,10 +53,10 @@ def test_defaults_and_overrides():
 
 
 def test_default_config_keeps_the_local_dag():
-    """config/config.yaml asks what the rules hard-coded before: 2 threads (1 for the
-    light rules), no GPU."""
+    """config/config.yaml: 2 threads (1 for the light rules and for training the tiny
+    models, two runs side by side), no GPU."""
     config = cfg.load(ROOT / "config" / "config.yaml")
-    light = {"countdown_data", "decomposition_compare", "report_summary"}
+    light = {"countdown_data", "decomposition_compare", "report_summary", "train"}
     for rule in _rules():
         assert pw.threads(config, rule) == (1 if rule in light else 2), rule
         assert pw.resources(config, rule)["gpu"] == 0

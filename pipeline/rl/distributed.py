@@ -23,6 +23,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -30,6 +31,9 @@ from torch import Tensor
 
 #: Gradient all-reduce bucket size (bytes of one flattened bucket).
 BUCKET_BYTES = 128 * 2**20
+#: Collective timeout: process 0 writes checkpoints (model + AdamW state) and the final
+#: model while the others wait in their next collective, which may take minutes.
+TIMEOUT = timedelta(hours=1)
 
 
 def _flag(name: str) -> bool:
@@ -202,6 +206,6 @@ def init() -> Dist:
 
         threads = torch.get_num_threads()
         cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
-        PartialState(cpu=cpu)
+        PartialState(cpu=cpu, timeout=TIMEOUT)
         torch.set_num_threads(threads)
     return current()

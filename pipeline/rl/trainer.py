@@ -9,9 +9,14 @@ with the same optimizer. No KL, no entropy bonus; dropout off (the model stays i
 mode; gradients do not depend on it).
 
 Why not TRL: it is not a dependency, and BuPO / token credit would have to override
-private ``GRPOTrainer`` hooks that change between releases; the loop below is ~300 lines,
-single-process, and keeps the seams where ``accelerate`` would wrap things
-(:func:`make_optimizer`, the one ``backward`` call, the device taken from the model).
+private ``GRPOTrainer`` hooks that change between releases; the loop below is ~400 lines.
+
+Multi-process (``accelerate launch`` with DDP, or any launch with ``WORLD_SIZE > 1``):
+data parallel without a DDP wrapper, see :mod:`pipeline.rl.distributed`. Each process
+samples whole groups of its share of the step's prompts with its own seed; REINFORCE++
+whitening, the token-mean divisor and the logged metrics use the whole batch; gradients
+are all-reduced after each minibatch's backward and every process steps identically.
+Only process 0 writes checkpoints, the model, history.json and tracking metrics.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline.generation import generate
 from pipeline.models.provision import atomic_dir
 from pipeline.responses import batch_from_table
+from pipeline.rl import distributed
 from pipeline.rl.checkpoint import atomic_write, load_checkpoint, save_checkpoint, set_rng_states
 from pipeline.rl.config import RLConfig
 from pipeline.rl.credit import credit_gamma, token_advantages
+from pipeline.rl.distributed import Dist, check_split, rank_seed, shard
 from pipeline.rl.logprobs import internal_token_logprobs, policy_stats, token_logprobs
 from pipeline.rl.losses import (
     group_advantages,
@@ -99,12 +106,13 @@ class Rollout:
 
 
 def rollout(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Any],
-            prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig, step: int) -> Rollout:
-    """Sample ``group_size`` responses per item and score them."""
+            prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig, step: int, *,
+            rank: int = 0) -> Rollout:
+    """Sample ``group_size`` responses per item and score them (process ``rank``'s seed)."""
     prompts = [prompt_fn(it) for it in items]
     gens = generate(model, tokenizer, prompts, n=cfg.group_size, temperature=cfg.temperature,
                     top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.gen_batch_size, seed=_step_seed(cfg.seed, step),
+                    batch_size=cfg.gen_batch_size, seed=rank_seed(_step_seed(cfg.seed, step), rank),
                     progress=False, desc="rollout", dtype=cfg.sample_dtype)
     prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     table = pd.DataFrame({"prompt_ids": [prompt_ids[g.prompt_index] for g in gens],
@@ -142,7 +150,17 @@ def make_optimizer(model: nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
 
 
-def advantages_for(cfg: RLConfig, ro: Rollout) -> Tensor:
+def advantages_for(cfg: RLConfig, ro: Rollout, dist: Dist | None = None) -> Tensor:
+    """Per-response advantages of this process's groups. Group-wise methods are local;
+    REINFORCE++ whitens over the whole step's batch (gathered from every process)."""
+    dist = dist or Dist()
+    if cfg.advantage == "reinforce_pp" and dist.enabled:
+        whole = Rollout(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                        response_mask=ro.response_mask,
+                        rewards=dist.gather_groups(ro.rewards, ro.group_size),
+                        lengths=dist.gather_groups(ro.lengths, ro.group_size),
+                        finished=ro.finished, group_size=ro.group_size, texts=ro.texts)
+        return dist.local_groups(advantages_for(cfg, whole), ro.group_size)
     if cfg.advantage == "rloo":
         return rloo_advantages(ro.rewards, ro.group_size)
     if cfg.advantage == "reinforce_pp":
@@ -157,16 +175,18 @@ def _pad(x: Tensor, width: int, value: float = 0.0) -> Tensor:
 
 
 @torch.no_grad()
-def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int) -> dict[str, Any]:
+def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
+            dist: Dist | None = None) -> dict[str, Any]:
     """Old log-probs (of the policy the phase trains), diagnostics and token advantages,
-    all with no grad on the rollout weights."""
+    all with no grad on the rollout weights (this process's groups under ``dist``)."""
+    dist = dist or Dist()
     ipa = cfg.phase(step) == "ipa"
     diag = cfg.uses_bupo and (step % cfg.diag_every == 0 or step == 1)
     need_final = not ipa or diag or cfg.credit == "entropy"
     n, t = ro.input_ids.shape
     keys = ("logp", "entropy", "logp_k", "entropy_k", "cos_kL")
     acc: dict[str, list[Tensor]] = {k: [] for k in (*keys, "gamma")}
-    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 1))
+    gen = torch.Generator().manual_seed(rank_seed(_step_seed(cfg.seed, step, 1), dist.rank))
     for rows in _chunks(torch.arange(n, device=ro.input_ids.device), cfg.micro_batch_size):
         ids, am, rm, _ = _micro(ro, rows)
         st = policy_stats(model, ids, am, rm, layer=cfg.bupo_layer, final=need_final,
@@ -185,7 +205,7 @@ def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int) -> dict[str
     out = {k: torch.cat(v) if v else None for k, v in acc.items()}
     out["token_mask"] = ro.response_mask[:, 1:]
     out["old_logp"] = out["logp_k"] if ipa else out["logp"]
-    adv = advantages_for(cfg, ro)
+    adv = advantages_for(cfg, ro, dist)
     out["advantages"] = adv
     out["token_adv"] = token_advantages(adv.to(ro.input_ids.device), out["gamma"], t - 1)
     return out
@@ -198,12 +218,21 @@ def _masked_mean(x: Tensor | None, mask: Tensor) -> float:
 
 
 def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep: dict[str, Any],
-           cfg: RLConfig, step: int, *, backward: Callable[[Tensor], None] = Tensor.backward
-           ) -> dict[str, float]:
+           cfg: RLConfig, step: int, *, backward: Callable[[Tensor], None] = Tensor.backward,
+           dist: Dist | None = None) -> dict[str, float]:
     """``updates_per_batch`` optimizer steps on disjoint minibatches (by prompt group).
-    Non-finite loss or gradient norm → FloatingPointError naming the step and method."""
+    Non-finite loss or gradient norm → FloatingPointError naming the step and method.
+
+    Under ``dist`` (several processes, each with its share of the groups, see
+    :mod:`.distributed`): the token-mean divisor is the minibatch's token count over all
+    processes, gradients are summed over the processes before clipping, the returned
+    statistics cover the whole batch, and every process raises together."""
+    dist = dist or Dist()
     ipa = cfg.phase(step) == "ipa"
     n_groups = ro.rewards.numel() // ro.group_size
+    if dist.enabled and n_groups % cfg.updates_per_batch:
+        raise ValueError(f"rl: {n_groups} groups per process do not split into "
+                         f"updates_per_batch={cfg.updates_per_batch} minibatches")
     per_mb = n_groups // cfg.updates_per_batch
     device = ro.input_ids.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -213,8 +242,11 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
         rows = torch.arange(u * per_mb * ro.group_size, (u + 1) * per_mb * ro.group_size,
                             device=device)
         n_tok = int(prep["token_mask"][rows].sum())
+        if dist.enabled:
+            n_tok = int(dist.sum(n_tok)[0])
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
+        bad: str | None = None
         for mrows in _chunks(rows, cfg.micro_batch_size):
             ids, am, rm, w = _micro(ro, mrows)
             if ipa:
@@ -230,13 +262,22 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
                                    prep["token_mask"][mrows, :w - 1], clip_low=cfg.clip_low,
                                    clip_high=cfg.clip_high, num_tokens=max(n_tok, 1))
             if not torch.isfinite(st.loss):
-                raise FloatingPointError(
-                    f"rl: non-finite loss {st.loss.item()} at step {step} (method "
-                    f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
+                bad = (f"rl: non-finite loss {st.loss.item()} at step {step} (method "
+                       f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
+                if not dist.enabled:
+                    raise FloatingPointError(bad)
+                break  # every process learns of it below, then all raise
             backward(st.loss)
             loss_sum += float(st.loss.detach())
             tot["clip_frac"] += st.clip_frac * st.num_tokens
             tot["ratio_mean"] += st.ratio_mean * st.num_tokens
+        if dist.enabled:
+            if dist.any(bad is not None):
+                raise FloatingPointError(bad or (
+                    f"rl: non-finite loss on another process at step {step} (method "
+                    f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})"))
+            loss_sum = dist.sum(loss_sum)[0]
+            dist.sync_grads(params)
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if not torch.isfinite(norm):
             raise FloatingPointError(f"rl: non-finite gradient norm at step {step} (method "
@@ -246,35 +287,44 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
         tot["loss"] += loss_sum / cfg.updates_per_batch
         tot["grad_norm"] += float(norm) / cfg.updates_per_batch
         n_tok_all += n_tok
+    if dist.enabled:
+        tot["clip_frac"], tot["ratio_mean"] = dist.sum(tot["clip_frac"], tot["ratio_mean"])
     tot["clip_frac"] /= max(n_tok_all, 1)
     tot["ratio_mean"] /= max(n_tok_all, 1)
     return tot
 
 
-def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int) -> dict[str, Any]:
-    """Rollout and policy diagnostics of one step (methods.md §2, §3)."""
-    r = ro.rewards.reshape(-1, ro.group_size)
+def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
+                 dist: Dist | None = None) -> dict[str, Any]:
+    """Rollout and policy diagnostics of one step (methods.md §2, §3), over the whole
+    batch of all processes under ``dist``."""
+    dist = dist or Dist()
+    g_size = ro.group_size
+    rewards, lengths, finished, adv = (dist.gather_groups(x, g_size) for x in (
+        ro.rewards, ro.lengths, ro.finished, prep["advantages"]))
+    r = rewards.reshape(-1, g_size)
     m = prep["token_mask"]
+    mean = dist.masked_mean if dist.enabled else _masked_mean
     out: dict[str, Any] = {
         "step": step,
         "phase": cfg.phase(step),
         "ipa": float(cfg.phase(step) == "ipa"),
-        "reward_mean": float(ro.rewards.mean()),
-        "accuracy": float((ro.rewards > 0.5).float().mean()),
+        "reward_mean": float(rewards.mean()),
+        "accuracy": float((rewards > 0.5).float().mean()),
         "group_pass": float((r > 0.5).any(1).float().mean()),
         "group_signal": float((r.max(1).values > r.min(1).values).float().mean()),
-        "response_length": float(ro.lengths.float().mean()),
-        "finished_frac": float(ro.finished.float().mean()),
-        "entropy": _masked_mean(prep["entropy"], m),
-        "adv_abs_mean": float(prep["advantages"].abs().mean()),
+        "response_length": float(lengths.float().mean()),
+        "finished_frac": float(finished.float().mean()),
+        "entropy": mean(prep["entropy"], m),
+        "adv_abs_mean": float(adv.abs().mean()),
     }
     if cfg.uses_bupo:
-        out["entropy_k"] = _masked_mean(prep["entropy_k"], m)
-        out["cos_kL"] = _masked_mean(prep["cos_kL"], m)
+        out["entropy_k"] = mean(prep["entropy_k"], m)
+        out["cos_kL"] = mean(prep["cos_kL"], m)
     if cfg.credit:
-        g = prep["gamma"][:, 1:][m]
-        out["gamma_mean"] = float(g.mean()) if g.numel() else math.nan
-        out["gamma_amp_frac"] = float((g > 1).float().mean()) if g.numel() else math.nan
+        gamma = prep["gamma"][:, 1:]
+        out["gamma_mean"] = mean(gamma, m)
+        out["gamma_amp_frac"] = mean((gamma > 1).float(), m)
     return out
 
 
@@ -286,6 +336,16 @@ def _check_resume(saved: dict[str, Any], cfg: RLConfig) -> None:
     if diff:
         raise ValueError(f"rl: checkpoint config differs in {diff}; use resume=False or "
                          "another out_dir")
+
+
+def _reseed(seed: int, rank: int, step: int) -> None:
+    """Multi-process: global RNGs re-derived from (seed, rank, step) at every step, so a
+    resumed run matches an uninterrupted one on every process (the checkpoint holds
+    process 0's RNG states only)."""
+    s = rank_seed(_step_seed(seed, step, 2), rank)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -316,9 +376,19 @@ def train(
     ``cfg.save_every`` steps and at the end ``out_dir/checkpoint/state.pt`` is written
     atomically; ``resume=True`` continues from it. The final model (``save_pretrained``
     + tokenizer) goes to ``out_dir/model`` atomically, then ``out_dir/history.json``.
+
+    Launched as several processes (``WORLD_SIZE > 1``, e.g. ``accelerate launch`` with
+    DDP): data parallel as in :mod:`.distributed`; the model is moved to the process's
+    device; only process 0 logs to ``run`` and writes files; every process returns the
+    same history (time keys aside). FSDP / DeepSpeed launches exit with a one-line error.
     """
+    dist = distributed.init()
     if not problems:
         raise ValueError("rl: no training problems")
+    if dist.enabled:
+        check_split(cfg.prompts_per_step, cfg.updates_per_batch, dist.world)
+        if next(model.parameters()).device != dist.device:
+            model.to(dist.device)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     torch.manual_seed(cfg.seed)
@@ -335,31 +405,35 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         history, start = list(state["history"]), int(state["step"]) + 1
-    if run is not None:
+    if run is not None and dist.main:
         run.params({"rl": cfg.to_dict()})
     for step in range(start, cfg.steps + 1):
         t0 = time.perf_counter()
-        items = [problems[i] for i in step_indices(len(problems), step, cfg.prompts_per_step,
-                                                   cfg.seed)]
-        ro = rollout(model, tokenizer, items, prompt_fn, reward_fn, cfg, step)
+        indices = step_indices(len(problems), step, cfg.prompts_per_step, cfg.seed)
+        if dist.enabled:
+            _reseed(cfg.seed, dist.rank, step)
+            indices = shard(indices, dist.rank, dist.world)
+        items = [problems[i] for i in indices]
+        ro = rollout(model, tokenizer, items, prompt_fn, reward_fn, cfg, step, rank=dist.rank)
         t1 = time.perf_counter()
-        prep = prepare(model, ro, cfg, step)
-        upd = update(model, optimizer, ro, prep, cfg, step)
+        prep = prepare(model, ro, cfg, step, dist)
+        upd = update(model, optimizer, ro, prep, cfg, step, dist=dist)
         t2 = time.perf_counter()
-        metrics = {**step_metrics(ro, prep, cfg, step), **upd, "lr": cfg.lr,
+        metrics = {**step_metrics(ro, prep, cfg, step, dist), **upd, "lr": cfg.lr,
                    "gen_time": t1 - t0, "update_time": t2 - t1, "step_time": t2 - t0}
         history.append(metrics)
-        if run is not None:
+        if run is not None and dist.main:
             run.metrics(_numeric(metrics), step=step)
         if on_step is not None:
             on_step(metrics)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if (step % cfg.save_every == 0 or step == cfg.steps) and dist.main:
             save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, step=step,
                             history=history, config=cfg.to_dict())
-    if save_model:
+    if save_model and dist.main:
         with atomic_dir(out_dir / "model") as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         atomic_write(out_dir / "history.json",
                      lambda p: Path(p).write_text(json.dumps(history, indent=1)))
+    dist.barrier()  # the files exist when any process returns
     return history
