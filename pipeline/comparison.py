@@ -72,9 +72,11 @@ def manifest(spec: dict[str, Any], root: str | Path) -> dict[str, list[dict[str,
     seeds = list(spec["seeds"])
     rl = spec["rl"]
     runs = [(m, meth, s) for m in rl["models"] for meth in rl["methods"] for s in seeds]
+    eval_seeds = spec.get("eval_seeds", {})  # benchmark -> model -> seeds (default: all)
     evals = [{"model": m, "method": BASE, "seed": s, "benchmark": b,
               "dir": f"{root}/eval/{m}/{b}/seed{s}"}
-             for b, models in spec["benchmarks"].items() for m in models for s in seeds]
+             for b, models in spec["benchmarks"].items() for m in models
+             for s in eval_seeds.get(b, {}).get(m, seeds)]
     evals += [{"model": m, "method": meth, "seed": s, "benchmark": b,
                "dir": f"{root}/rl/{m}/{meth}/seed{s}/eval/{b}"}
               for m, meth, s in runs for b in rl["evaluate"]]

@@ -69,13 +69,23 @@ def benchmark_models(config: dict[str, Any], benchmark: str) -> list[str]:
     return list(config["models"]) if models == "all" else list(models)
 
 
+def evaluation_seeds(config: dict[str, Any], model: str, benchmark: str) -> list[int]:
+    """Seeds a base model is evaluated with: every seed where its trained checkpoints are
+    evaluated on this benchmark (the comparison pairs base and trained runs by seed), else
+    the first seed only (another sampling seed would repeat the work for no comparison)."""
+    rl = config["rl"]
+    if model in rl["models"] and rl["methods"] and benchmark in rl["evaluate"]:
+        return list(config["seeds"])
+    return list(config["seeds"][:1])
+
+
 def evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
     """Every (model, benchmark, seed) evaluation summary the config asks for."""
     return [
         f"{root_dir}/eval/{m}/{b}/seed{s}/summary.json"
         for b in config["evaluation"]["benchmarks"]
         for m in benchmark_models(config, b)
-        for s in config["seeds"]
+        for s in evaluation_seeds(config, m, b)
     ]
 
 
@@ -192,6 +202,8 @@ def compare_spec(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "benchmarks": {b: benchmark_models(config, b) for b in config["evaluation"]["benchmarks"]},
         "seeds": list(config["seeds"]),
+        "eval_seeds": {b: {m: evaluation_seeds(config, m, b) for m in benchmark_models(config, b)}
+                       for b in config["evaluation"]["benchmarks"]},
         "rl": {"models": list(rl["models"]) if jobs else [],
                "methods": list(rl["methods"]) if jobs else [],
                "evaluate": list(rl["evaluate"])},
