@@ -131,3 +131,25 @@ def test_gguf_model_specs(spec, expected):
     with pytest.raises(cfg.ConfigError) as err:
         cfg.validate({"experiment": "x", "models": {"s": spec}})
     assert expected in str(err.value)
+
+
+def test_base_evaluation_seeds_follow_the_rl_comparison():
+    """Every seed where trained checkpoints are compared on the benchmark, else the first
+    seed only; the comparison reads exactly the evaluations the DAG makes."""
+    from pipeline import workflow as pw
+    from pipeline.comparison import manifest
+
+    config = cfg.load(ROOT / "config" / "config.yaml")
+    config["seeds"] = [0, 1, 2]
+    config["rl"].update(models=["qwen3-tiny"], methods=["grpo"], evaluate=["countdown"])
+    assert pw.evaluation_seeds(config, "qwen3-tiny", "countdown") == [0, 1, 2]
+    assert pw.evaluation_seeds(config, "llama-tiny", "countdown") == [0]
+    assert pw.evaluation_seeds(config, "smollm2-135m-instruct", "mmlu") == [0]
+    targets = set(pw.evaluation_targets(config, "R"))
+    assert "R/eval/qwen3-tiny/countdown/seed2/summary.json" in targets
+    assert "R/eval/llama-tiny/countdown/seed1/summary.json" not in targets
+    base = {f"{e['dir']}/summary.json" for e in manifest(pw.compare_spec(config), "R")[
+        "evaluations"] if e["method"] == "base"}
+    assert base == targets
+    config["rl"]["methods"] = []
+    assert pw.evaluation_seeds(config, "qwen3-tiny", "countdown") == [0]

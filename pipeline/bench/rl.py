@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--bupo-layer", type=int, default=None,
                    help="k (1-based); default: half the model's depth")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per forward/backward (RLConfig.micro_batch_size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--style", default="builtin", help="prompt style (builtin | chat)")
@@ -62,7 +64,8 @@ def run(a: argparse.Namespace) -> int:
                              cache_dir=None)
     prompt_fn, reward_fn = task_fns("countdown", tok, a.style)
     base = {"prompts_per_step": a.prompts, "group_size": a.group, "seed": 0,
-            "max_new_tokens": a.max_new_tokens, "bupo_layer": k, "s_inter": 1}
+            "max_new_tokens": a.max_new_tokens, "bupo_layer": k, "s_inter": 1,
+            "micro_batch_size": a.micro_batch}
     t0 = time.perf_counter()
     ro = rollout(model, tok, items, prompt_fn, reward_fn, RLConfig.from_dict(base), step=1)
     t_gen = time.perf_counter() - t0
