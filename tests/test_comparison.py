@@ -179,11 +179,14 @@ def test_manifest_lists_every_run():
     spec = pw.compare_spec(config)
     assert spec["baseline"] == "grpo" and spec["before_after"] == ["decomposition", "attention"]
     man = cmp.manifest(spec, "R")
-    assert len(man["evaluations"]) == 2 * 2 + 2 * 2  # base: 2 models × 2 seeds; a × 2 × 2
+    # base: a (trained) × 2 seeds + b (not trained: first seed only); trained a × 2 × 2
+    assert len(man["evaluations"]) == 2 + 1 + 2 * 2
     assert len(man["histories"]) == 4
     assert len(man["analyses"]) == 2 * (1 + 4)  # per analysis: base a + 4 trained runs
     paths = pw.compare_inputs(config, "R")
-    assert "R/eval/b/countdown/seed1/summary.json" in paths["evals"]
+    assert "R/eval/a/countdown/seed1/summary.json" in paths["evals"]
+    assert "R/eval/b/countdown/seed0/summary.json" in paths["evals"]
+    assert "R/eval/b/countdown/seed1/summary.json" not in paths["evals"]
     assert "R/rl/a/bupo/seed1/eval/countdown/samples.parquet" in paths["samples"]
     assert "R/rl/a/grpo/seed0/history.json" in paths["histories"]
     assert "R/decomposition/a/entropies.parquet" in paths["analyses"]
@@ -191,7 +194,7 @@ def test_manifest_lists_every_run():
     # no RL jobs: only the base evaluations
     none = cfg.validate({**copy.deepcopy(SMOKE_LIKE), "rl": {"models": ["a"], "methods": []}})
     man = cmp.manifest(pw.compare_spec(none), "R")
-    assert len(man["evaluations"]) == 4 and not man["histories"] and not man["analyses"]
+    assert len(man["evaluations"]) == 2 and not man["histories"] and not man["analyses"]
 
 
 # --------------------------------------------------------------------------- the stage
