@@ -129,12 +129,13 @@ def test_sampling_model_casts_a_copy_and_leaves_the_model(tiny_model, char_token
 
 
 def test_bf16_sampling_decodes_the_bf16_model_greedily(tiny_model, char_tokenizer):
-    """dtype=bfloat16 == a naive greedy loop over full forwards of the bf16 copy."""
+    """The transformers path with dtype=bfloat16 == a naive greedy loop over full forwards of
+    the bf16 copy (the static path is compared in tests/test_static_decode.py)."""
     from pipeline.generation import sampling_model
 
     prompts = ["12+3=", "7*8-1="]
     got = generate(tiny_model, char_tokenizer, prompts, temperature=0.0, max_new_tokens=6,
-                   progress=False, dtype="bfloat16")
+                   progress=False, dtype="bfloat16", static=False)
     ref_model = sampling_model(tiny_model, torch.bfloat16)
     for g, prompt in zip(got, prompts, strict=True):
         ids = char_tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids

@@ -22,7 +22,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.generation import generate, sampling_model
+from pipeline.generation import decoder, generate
 from pipeline.models import load
 
 PROMPTS = [
@@ -53,34 +53,37 @@ def _plain(model, tok, prompts: list[str], bs: int, new: int) -> float:
     return time.perf_counter() - t0
 
 
-def _ours(model, tok, prompts: list[str], bs: int, new: int, dtype=None) -> float:
+def _ours(model, tok, prompts: list[str], bs: int, new: int, dtype=None,
+          static: bool = True) -> float:
     eos = tok.eos_token_id
     t0 = time.perf_counter()
     try:  # EOS disabled so both sides generate exactly `new` tokens per row
         tok.eos_token_id = None
         model.generation_config.eos_token_id = None
         generate(model, tok, prompts, n=1, temperature=1.0, max_new_tokens=new,
-                 batch_size=bs, progress=False, min_new_tokens=new, dtype=dtype)
+                 batch_size=bs, progress=False, min_new_tokens=new, dtype=dtype, static=static)
     finally:
         tok.eos_token_id = eos
     return time.perf_counter() - t0
 
 
 @torch.inference_mode()
-def _split(model, tok, prompts: list[str], bs: int, new: int) -> tuple[float, float]:
-    """Prefill time of one batch, and mean decode-step time of the same batch."""
-    enc = tok(prompts[:bs], return_tensors="pt", padding=True, add_special_tokens=False)
-    t0 = time.perf_counter()
-    out = model(**enc, use_cache=True)
-    prefill = time.perf_counter() - t0
-    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+def _split(engine, tok, prompts: list[str], new: int) -> tuple[float, float]:
+    """Prefill time of one batch, and mean greedy decode-step time of the same batch, through
+    a decode engine (:func:`pipeline.generation.decoder`)."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = enc["attention_mask"]
-    t0 = time.perf_counter()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     steps = min(new, 16)
+    engine.reset(len(prompts), mask.shape[1] + steps + 1, "cpu")
+    t0 = time.perf_counter()
+    logits = engine.forward(enc["input_ids"], pos, mask)
+    prefill = time.perf_counter() - t0
+    last = pos[:, -1]
+    t0 = time.perf_counter()
     for _ in range(steps):
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        out = model(input_ids=nxt, attention_mask=mask, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        last = last + 1
+        logits = engine.forward(logits.argmax(-1)[:, None], last[:, None])
     return prefill, (time.perf_counter() - t0) / steps
 
 
@@ -119,32 +122,34 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {a.model}: plain attn={plain_model.config._attn_implementation}, "
           f"ours attn={ours_model.config._attn_implementation}; torch threads "
           f"{torch.get_num_threads()}; {a.new_tokens} new tokens per row")
-    print(f"{'batch':>5} {'rows':>5} {'plain tok/s':>12} {'ours fp32':>10} {'ratio':>6} "
-          f"{'ours bf16':>10} {'ratio':>6}")
+    variants = [  # name, dtype, static decoder
+        ("hf-loop fp32", None, False), ("ours fp32", None, True),
+        ("hf-loop bf16", torch.bfloat16, False), ("ours bf16", torch.bfloat16, True)]
+    print(f"{'batch':>5} {'rows':>5} {'plain tok/s':>12}"
+          + "".join(f" {name:>13} {'ratio':>6}" for name, _, _ in variants))
     for bs in a.batch_sizes:
         rows = max(bs, 8)
         prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
         _plain(plain_model, tok, prompts[:bs], bs, 4)  # warm-up
-        _ours(ours_model, tok, prompts[:bs], bs, 4)
-        _ours(ours_model, tok, prompts[:bs], bs, 4, torch.bfloat16)
+        for _, dt, st in variants:
+            _ours(ours_model, tok, prompts[:bs], bs, 4, dt, st)
         # interleaved repeats, best of each: the machine is shared
-        t_plain, t_ours, t_bf16 = float("inf"), float("inf"), float("inf")
+        t_plain, t_ours = float("inf"), [float("inf")] * len(variants)
         for _ in range(a.repeats):
             t_plain = min(t_plain, _plain(plain_model, tok, prompts, bs, a.new_tokens))
-            t_ours = min(t_ours, _ours(ours_model, tok, prompts, bs, a.new_tokens))
-            t_bf16 = min(t_bf16, _ours(ours_model, tok, prompts, bs, a.new_tokens,
-                                       torch.bfloat16))
+            t_ours = [min(t, _ours(ours_model, tok, prompts, bs, a.new_tokens, dt, st))
+                      for t, (_, dt, st) in zip(t_ours, variants, strict=True)]
         n_tok = rows * a.new_tokens
-        print(f"{bs:>5} {rows:>5} {n_tok / t_plain:>12.1f} {n_tok / t_ours:>10.1f} "
-              f"{t_plain / t_ours:>6.2f} {n_tok / t_bf16:>10.1f} {t_plain / t_bf16:>6.2f}")
+        print(f"{bs:>5} {rows:>5} {n_tok / t_plain:>12.1f}"
+              + "".join(f" {n_tok / t:>13.1f} {t_plain / t:>6.2f}" for t in t_ours))
     print("\nwhere the time goes (one batch, greedy): prefill s, decode ms/step")
-    bf16_model = sampling_model(ours_model, torch.bfloat16)
-    for name, model in (("plain", plain_model), ("ours fp32", ours_model),
-                        ("ours bf16", bf16_model)):
+    engines = [("plain", decoder(plain_model, static=False))]
+    engines += [(name, decoder(ours_model, dt, static=st)) for name, dt, st in variants]
+    for name, engine in engines:
         for bs in a.batch_sizes:
             prompts = [_chat(tok, PROMPTS[i % len(PROMPTS)]) for i in range(bs)]
-            pre, dec = _split(model, tok, prompts, bs, a.new_tokens)
-            print(f"  {name:9} batch {bs:>3}: prefill {pre:6.3f} s, decode {1e3 * dec:7.1f} "
+            pre, dec = _split(engine, tok, prompts, a.new_tokens)
+            print(f"  {name:12} batch {bs:>3}: prefill {pre:6.3f} s, decode {1e3 * dec:7.1f} "
                   f"ms/step ({bs / dec:6.1f} tok/s)")
     print("\nfloor: bare matmuls of one decode step (all weights once), ms")
     for bs in a.batch_sizes:

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.evaluation import items as bench
 from pipeline.evaluation.metrics import mean_ci, pass_at_k
-from pipeline.generation import generate, sampling_model
+from pipeline.generation import generate
 
 
 def evaluate_generative(
@@ -37,11 +37,11 @@ def evaluate_generative(
     runs = [("greedy", 1, 0.0)]
     if spec["n_samples"] > 0:
         runs.append(("sample", spec["n_samples"], spec["temperature"]))
-    sampler = sampling_model(model, spec.get("sample_dtype"))  # one cast copy for all runs
     for mode, n, temp in runs:
-        gens = generate(sampler, tokenizer, prompts, n=n, temperature=temp, top_p=spec["top_p"],
+        gens = generate(model, tokenizer, prompts, n=n, temperature=temp, top_p=spec["top_p"],
                         max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                        seed=seed, progress=progress, desc=f"{task} {mode}")
+                        seed=seed, progress=progress, desc=f"{task} {mode}",
+                        dtype=spec.get("sample_dtype"))
         for g in gens:
             it = items[g.prompt_index]
             rows.append({

@@ -1,0 +1,197 @@
+"""One-token decode steps of Llama-family decoders over a preallocated KV cache.
+
+``model.forward`` spends most of a one-token step on CPU outside the matmuls (mask
+construction, cache bookkeeping, module dispatch; ``python -m pipeline.bench generation``
+prints the split). :class:`StaticDecoder` runs the same arithmetic as the transformers
+eager forward of ``llama``, ``mistral``, ``qwen2`` and ``qwen3`` models (RMSNorm in fp32,
+rotary embeddings from the model's own ``rotary_emb``, grouped-query attention with an
+fp32 softmax, SiLU-gated MLP) with fused QKV and gate/up projections, a preallocated
+``[B, kv_heads, T_max, head_dim]`` cache written in place and no per-step mask building.
+The prompt is prefilled by the same code (``sdpa`` with a causal + padding mask).
+
+Weights are taken from the model when the dtype is the model's own (projections are
+fused only when ``fuse=True``, which copies them), or cast into fused copies when
+``dtype`` differs — so a bf16 sampling copy costs the fused weights, not a model copy.
+Models outside the supported set (other architectures, sliding-window attention,
+non-SiLU MLPs) are reported by :func:`unsupported_reason`; the sampler then falls back to
+the transformers forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """None when :class:`StaticDecoder` reproduces ``model``'s forward, else why not."""
+    cfg = model.config
+    if cfg.model_type not in SUPPORTED:
+        return f"model_type {cfg.model_type!r} not in {SUPPORTED}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in types):
+        return "sliding-window layers"
+    if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None):
+        return "sliding-window attention"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    return None
+
+
+def _norm(module) -> tuple[torch.Tensor, float]:
+    return module.weight.detach().float(), module.variance_epsilon
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of fp32 ``x`` (bitwise the transformers formula ``w * x * rsqrt(mean x² + ε)``
+    in fp32)."""
+    return torch.rms_norm(x, (x.shape[-1],), weight=weight, eps=eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Layer:
+    def __init__(self, block, dtype: torch.dtype, fuse: bool):
+        attn, mlp = block.self_attn, block.mlp
+
+        def cast(t):
+            return None if t is None else t.detach().to(dtype)
+
+        def group(*mods):
+            if fuse:
+                w = torch.cat([m.weight.detach() for m in mods]).to(dtype)
+                bs = [m.bias for m in mods]
+                b = None if bs[0] is None else torch.cat([x.detach() for x in bs]).to(dtype)
+                return [(w, b)]
+            return [(cast(m.weight), cast(m.bias)) for m in mods]
+
+        self.qkv = group(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.gate_up = group(mlp.gate_proj, mlp.up_proj)
+        self.o = (cast(attn.o_proj.weight), cast(attn.o_proj.bias))
+        self.down = (cast(mlp.down_proj.weight), cast(mlp.down_proj.bias))
+        self.ln_in = _norm(block.input_layernorm)
+        self.ln_post = _norm(block.post_attention_layernorm)
+        qn, kn = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        self.q_norm = None if qn is None else _norm(qn)
+        self.k_norm = None if kn is None else _norm(kn)
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        self.n_q = attn.q_proj.out_features // attn.head_dim
+        self.n_kv = attn.k_proj.out_features // attn.head_dim
+
+
+def _project(h: torch.Tensor, parts: list) -> torch.Tensor:
+    outs = [F.linear(h, w, b) for w, b in parts]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+class StaticDecoder:
+    """Prefill with the model's forward, then one-token steps on a static KV cache.
+
+    ``reset(batch, max_len, device)`` empties the cache; ``forward(tokens [B, S], positions [B, S],
+    attention_mask)`` appends S tokens per row (the prompt, then one sampled token per
+    step) and returns the last position's logits ``[B, V]`` in the compute dtype;
+    ``select(keep)`` keeps the rows ``keep``.
+    """
+
+    def __init__(self, model: PreTrainedModel, *, dtype: torch.dtype | None = None,
+                 fuse: bool | None = None):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"StaticDecoder does not support this model: {reason}")
+        own = next(model.parameters()).dtype
+        self.dtype = dtype or own
+        fuse = (self.dtype != own) if fuse is None else fuse
+        self.model = model
+        base = model.model
+        self.embed = base.embed_tokens.weight.detach()  # looked up, then cast per step
+        self.layers = [_Layer(b, self.dtype, fuse) for b in base.layers]
+        self.norm = _norm(base.norm)
+        head = model.get_output_embeddings()
+        self.head = (head.weight.detach().to(self.dtype),
+                     None if head.bias is None else head.bias.detach().to(self.dtype))
+        self.rotary = base.rotary_emb
+        self.max_len = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.length = 0
+        self.valid: torch.Tensor | None = None  # [B, max_len] bool, attended positions
+
+    def reset(self, batch: int, max_len: int, device: torch.device | str) -> None:
+        """An empty cache of ``max_len`` positions for ``batch`` rows."""
+        self.max_len = max_len
+        self.k, self.v = [], []
+        for lay in self.layers:
+            shape = (batch, lay.n_kv, self.max_len, lay.head_dim)
+            self.k.append(torch.zeros(shape, device=device))  # fp32, as all activations
+            self.v.append(torch.zeros(shape, device=device))
+        self.valid = torch.zeros(batch, self.max_len, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the batch rows ``keep`` (finished rows dropped)."""
+        self.k = [k.index_select(0, keep) for k in self.k]
+        self.v = [v.index_select(0, keep) for v in self.v]
+        self.valid = self.valid.index_select(0, keep)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``tokens`` [B, S] at ``positions`` [B, S] (``attention_mask`` [B, S]:
+        0 = padding, never attended) and return the last position's logits [B, V]."""
+        b, s = tokens.shape
+        t = self.length
+        if t + s > self.max_len:
+            raise ValueError(f"static cache full: {t} + {s} > {self.max_len} positions")
+        dt = self.dtype
+        x = F.embedding(tokens, self.embed).float()  # residual stream [B, S, d], fp32
+        cos, sin = self.rotary(x, positions)  # [B, S, hd] fp32
+        cos, sin = cos[:, None], sin[:, None]
+        self.valid[:, t:t + s] = True if attention_mask is None else attention_mask.bool()
+        end = t + s
+        if s == 1:  # decode: additive bias over the cached keys
+            bias = torch.zeros(b, 1, 1, end, device=x.device)
+            bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+        else:  # prefill: causal + padding; a query always sees itself (no empty rows)
+            q_pos = torch.arange(t, end, device=x.device)[:, None]
+            k_pos = torch.arange(end, device=x.device)[None, :]
+            allowed = (k_pos <= q_pos) & self.valid[:, None, :end]  # [B, S, end]
+            allowed |= k_pos == q_pos
+            allowed = allowed[:, None]  # [B, 1, S, end]
+        for i, lay in enumerate(self.layers):
+            hd, nq, nkv = lay.head_dim, lay.n_q, lay.n_kv
+            qkv = _project(_rms(x, *lay.ln_in).to(dt), lay.qkv).float()
+            q = qkv[..., :nq * hd].view(b, s, nq, hd)
+            k = qkv[..., nq * hd:(nq + nkv) * hd].view(b, s, nkv, hd)
+            v = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd)
+            if lay.q_norm is not None:
+                q = _rms(q, *lay.q_norm)
+                k = _rms(k, *lay.k_norm)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, hd]
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.k[i][:, :, t:end] = k
+            self.v[i][:, :, t:end] = v
+            keys, vals = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            if s == 1:
+                qg = q.reshape(b, nkv, nq // nkv, hd)  # query heads grouped by KV head
+                w = torch.softmax(torch.matmul(qg, keys.transpose(2, 3)) * lay.scaling + bias,
+                                  dim=-1)
+                a = torch.matmul(w, vals).reshape(b, 1, nq * hd)
+            else:
+                a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed,
+                                                   scale=lay.scaling, enable_gqa=nq != nkv)
+                a = a.transpose(1, 2).reshape(b, s, nq * hd)
+            x = x + F.linear(a.to(dt), *lay.o)
+            g, u = _project(_rms(x, *lay.ln_post).to(dt), lay.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, *lay.down)
+        self.length = end
+        return F.linear(_rms(x[:, -1], *self.norm).to(dt), *self.head)
