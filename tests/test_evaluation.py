@@ -87,6 +87,14 @@ def test_prompts(char_tokenizer):
     assert chat.startswith("<|im_start|>user\n") and chat.endswith("<|im_start|>assistant\n")
     m = bench.render_prompt("math", {"problem": "1+1?"}, char_tokenizer, "chat")
     assert "\\boxed{}" in m
+    ex = bench.render_prompt("math", {"problem": "Calculate 3 + 4."}, char_tokenizer,
+                             "chat_example")
+    question, answer = bench.MATH_EXAMPLE
+    # the worked exchange first, then the problem as the last user turn, then the reply
+    assert ex == (f"<|im_start|>user\n{question}\n{bench.MATH_INSTRUCTION}<|im_end|>\n"
+                  f"<|im_start|>assistant\n{answer}<|im_end|>\n"
+                  f"<|im_start|>user\nCalculate 3 + 4.\n{bench.MATH_INSTRUCTION}<|im_end|>\n"
+                  "<|im_start|>assistant\n")
     text = bench.mmlu_prompt(_mmlu_items(2)[1], _mmlu_items(1))
     assert text.endswith("D. opt1d\nAnswer:") and "Answer: A\n\n" in text
     with pytest.raises(ValueError, match="unknown evaluation task"):

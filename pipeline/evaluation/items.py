@@ -17,6 +17,9 @@ from pipeline.tasks import countdown
 from pipeline.tasks import math as math_task
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# prompt style ``chat_example``: one worked exchange before the problem, showing the answer
+# format (SmolLM2-135M-Instruct boxes 12 % of its sampled answers without it, 98 % with it).
+MATH_EXAMPLE = ("Calculate 27 + 48.", "27 + 48 = 75.\nThe final answer is \\boxed{75}.")
 LETTERS = "ABCD"
 
 
@@ -49,11 +52,16 @@ def load_items(spec: dict[str, Any], *, data: str | None, cache_dir: str | None)
     return items
 
 
-def _chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
+def _chat(tokenizer: PreTrainedTokenizerBase, content: str,
+          example: tuple[str, str] | None = None) -> str:
+    """``content`` as a user turn of the chat template, after an optional (user, assistant)
+    example exchange; plain text for tokenizers without a template."""
+    turns = [] if example is None else [example[0], example[1]]
     if not tokenizer.chat_template:
-        return content + "\n"
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+        return "".join(t + "\n" for t in turns) + content + "\n"
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+            for i, t in enumerate([*turns, content])]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
 def render_prompt(task: str, item: dict, tokenizer: PreTrainedTokenizerBase, style: str) -> str:
@@ -64,6 +72,10 @@ def render_prompt(task: str, item: dict, tokenizer: PreTrainedTokenizerBase, sty
             return countdown.prompt(problem, "builtin")
         return _chat(tokenizer, countdown.prompt(problem, "chat"))
     if task == "math":
+        if style == "chat_example":
+            question, answer = MATH_EXAMPLE
+            return _chat(tokenizer, f"{item['problem']}\n{MATH_INSTRUCTION}",
+                         example=(f"{question}\n{MATH_INSTRUCTION}", answer))
         return _chat(tokenizer, f"{item['problem']}\n{MATH_INSTRUCTION}")
     raise ValueError(f"task {task!r} has no generative prompt")
 
