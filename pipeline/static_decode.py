@@ -125,16 +125,31 @@ class StaticDecoder:
         self.length = 0
         self.valid: torch.Tensor | None = None  # [B, max_len] bool, attended positions
 
-    def reset(self, batch: int, max_len: int, device: torch.device | str) -> None:
-        """An empty cache of ``max_len`` positions for ``batch`` rows."""
+    def reset(self, batch: int, max_len: int, device: torch.device | str,
+              reserve: int = 256) -> None:
+        """An empty cache for ``batch`` rows and at most ``max_len`` positions; buffers
+        hold ``reserve`` positions at first and double when full (memory follows the
+        longest live row, as with a dynamic cache, without a copy per step)."""
         self.max_len = max_len
         self.k, self.v = [], []
+        cap = min(max_len, reserve)
         for lay in self.layers:
-            shape = (batch, lay.n_kv, self.max_len, lay.head_dim)
+            shape = (batch, lay.n_kv, cap, lay.head_dim)
             self.k.append(torch.zeros(shape, device=device))  # fp32, as all activations
             self.v.append(torch.zeros(shape, device=device))
-        self.valid = torch.zeros(batch, self.max_len, dtype=torch.bool, device=device)
+        self.valid = torch.zeros(batch, cap, dtype=torch.bool, device=device)
         self.length = 0
+
+    def _grow(self, need: int) -> None:
+        cap = min(self.max_len, max(need, 2 * self.valid.shape[1]))
+        extra = cap - self.valid.shape[1]
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t.new_zeros(*t.shape[:2], extra, *t.shape[3:])], dim=2)
+
+        self.k = [pad(k) for k in self.k]
+        self.v = [pad(v) for v in self.v]
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(len(self.valid), extra)], 1)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the batch rows ``keep`` (finished rows dropped)."""
@@ -151,6 +166,8 @@ class StaticDecoder:
         t = self.length
         if t + s > self.max_len:
             raise ValueError(f"static cache full: {t} + {s} > {self.max_len} positions")
+        if t + s > self.valid.shape[1]:
+            self._grow(t + s)
         dt = self.dtype
         x = F.embedding(tokens, self.embed).float()  # residual stream [B, S, d], fp32
         cos, sin = self.rotary(x, positions)  # [B, S, hd] fp32

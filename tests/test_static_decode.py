@@ -72,7 +72,7 @@ def test_prefill_and_steps_match_full_forwards_fp32(name):
     assert unsupported_reason(model) is None
     ids, mask = _batch()
     dec = StaticDecoder(model)
-    dec.reset(3, 7 + 6, "cpu")
+    dec.reset(3, 7 + 6, "cpu", reserve=8)  # grows from 8 to 13 positions on the way
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = dec.forward(ids, pos, mask)
     last = pos[:, -1]
