@@ -53,10 +53,12 @@ def test_defaults_and_overrides():
 
 
 def test_default_config_keeps_the_local_dag():
-    """config/config.yaml: 2 threads (1 for the light rules and for training the tiny
-    models, two runs side by side), no GPU."""
+    """config/config.yaml: 2 threads (1 for the light rules, for provisioning and training
+    the tiny models and for the jobs on their trained checkpoints, two side by side), no
+    GPU."""
     config = cfg.load(ROOT / "config" / "config.yaml")
-    light = {"countdown_data", "decomposition_compare", "report_summary", "train"}
+    light = {"countdown_data", "decomposition_compare", "report_summary", "train", "provision",
+             "evaluate_trained", "decomposition_trained", "attention_trained"}
     for rule in _rules():
         assert pw.threads(config, rule) == (1 if rule in light else 2), rule
         assert pw.resources(config, rule)["gpu"] == 0
