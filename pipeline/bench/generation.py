@@ -4,14 +4,15 @@
 
 Same prompts, same number of new tokens (EOS disabled so every row generates exactly
 ``--new-tokens``), in one run. "plain" = ``AutoModelForCausalLM.from_pretrained`` with the
-default attention (sdpa) and ``generate`` on the prompts in their given order; "ours" =
-:func:`pipeline.generation.generate` (own KV-cache decode loop, finished rows dropped,
-length-sorted batches) on the model loaded as every stage loads it for sampling (eager
-attention), in fp32 and with ``dtype=bfloat16`` (the decode loop on a bf16 copy with sdpa
-attention: the setting of models with ``sample_dtype: bfloat16``). Also prints where the
-time goes: prefill (one forward over the prompts) vs per-token decode, and the bare
-matmuls of one decode step (every weight matrix once, no attention or overhead) — the
-floor a decode step can reach in each dtype.
+default attention (sdpa) and ``generate`` on the prompts in their given order. The others
+are :func:`pipeline.generation.generate` (length-sorted batches, finished rows dropped,
+inverse-CDF draws) on the model as every stage loads it, with two decode engines:
+"hf-loop" = the transformers forward with a ``DynamicCache`` (``static=False``; bf16 = a
+bf16 copy of the model), "ours" = :class:`pipeline.static_decode.StaticDecoder` (bf16 =
+bf16 weights, fp32 activations: the setting of ``sample_dtype: bfloat16``). Also prints
+where the time goes: prefill (one forward over the prompts) vs per-token decode of each
+engine, and the bare matmuls of one decode step (every weight matrix once, no attention or
+overhead) — the floor a decode step can reach in each dtype.
 """
 
 from __future__ import annotations
