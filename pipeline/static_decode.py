@@ -1,13 +1,15 @@
-"""One-token decode steps of Llama-family decoders over a preallocated KV cache.
+"""Decode steps of Llama-family decoders over a KV cache written in place.
 
 ``model.forward`` spends most of a one-token step on CPU outside the matmuls (mask
 construction, cache bookkeeping, module dispatch; ``python -m pipeline.bench generation``
-prints the split). :class:`StaticDecoder` runs the same arithmetic as the transformers
-eager forward of ``llama``, ``mistral``, ``qwen2`` and ``qwen3`` models (RMSNorm in fp32,
-rotary embeddings from the model's own ``rotary_emb``, grouped-query attention with an
-fp32 softmax, SiLU-gated MLP) with fused QKV and gate/up projections, a preallocated
-``[B, kv_heads, T_max, head_dim]`` cache written in place and no per-step mask building.
-The prompt is prefilled by the same code (``sdpa`` with a causal + padding mask).
+prints the split). :class:`StaticDecoder` computes the transformers eager forward of
+``llama``, ``mistral``, ``qwen2`` and ``qwen3`` models (RMSNorm, rotary embeddings from the
+model's own ``rotary_emb``, grouped-query attention, SiLU-gated MLP) with fused QKV and
+gate/up projections, a ``[B, kv_heads, T, head_dim]`` cache written in place (grown by
+doubling) and no per-step mask building. The prompt is prefilled by the same code
+(``sdpa`` with a causal + padding mask). Activations, the residual stream, the cache and
+the softmax are fp32; only the matmul inputs are cast to the weights' dtype, so in fp32
+it equals the transformers forward up to float rounding.
 
 Weights are taken from the model when the dtype is the model's own (projections are
 fused only when ``fuse=True``, which copies them), or cast into fused copies when
@@ -94,7 +96,7 @@ def _project(h: torch.Tensor, parts: list) -> torch.Tensor:
 
 
 class StaticDecoder:
-    """Prefill with the model's forward, then one-token steps on a static KV cache.
+    """Prefill, then one-token steps, on a KV cache written in place.
 
     ``reset(batch, max_len, device)`` empties the cache; ``forward(tokens [B, S], positions [B, S],
     attention_mask)`` appends S tokens per row (the prompt, then one sampled token per
@@ -110,7 +112,6 @@ class StaticDecoder:
         own = next(model.parameters()).dtype
         self.dtype = dtype or own
         fuse = (self.dtype != own) if fuse is None else fuse
-        self.model = model
         base = model.model
         self.embed = base.embed_tokens.weight.detach()  # looked up, then cast per step
         self.layers = [_Layer(b, self.dtype, fuse) for b in base.layers]

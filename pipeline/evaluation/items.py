@@ -56,7 +56,7 @@ def _chat(tokenizer: PreTrainedTokenizerBase, content: str,
           example: tuple[str, str] | None = None) -> str:
     """``content`` as a user turn of the chat template, after an optional (user, assistant)
     example exchange; plain text for tokenizers without a template."""
-    turns = [] if example is None else [example[0], example[1]]
+    turns = list(example or ())
     if not tokenizer.chat_template:
         return "".join(t + "\n" for t in turns) + content + "\n"
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
