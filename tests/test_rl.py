@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.attention import Rhythm, credit_weights, rhythm
-from pipeline.decomposition.layout import find_layout
+from pipeline.model_access import find_layout
 from pipeline.models.builtin import build_model
 from pipeline.rl import (
     RLConfig,

@@ -1,48 +1,68 @@
-"""Post-RoPE queries and keys of chosen decoder layers, read with hooks (methods.md §3).
+"""Post-RoPE queries and keys of chosen decoder layers (methods.md §3).
 
-How q/k are obtained: a forward **pre**-hook (``with_kwargs=True``) on each chosen
-layer's attention module receives exactly the ``hidden_states`` (already input-normed)
-and ``position_embeddings`` ``(cos, sin)`` that the module's own forward gets, and
-recomputes ``q``/``k`` the way HF's Llama/Qwen2/Qwen3/Mistral-family modules do
-(transformers 5.23 ``modeling_llama.py`` / ``modeling_qwen3.py``): the module's own
-``q_proj``/``k_proj``, its optional ``q_norm``/``k_norm`` (per head as in Qwen3/Gemma3,
-or full width as in OLMo2), then the ``apply_rotary_pos_emb`` function of the module's
-own modeling file. KV heads stay unexpanded here (``[B, KV, T, D]``); consumers expand
-them (query head ``h`` reads KV head ``h // (H // KV)``, as ``repeat_kv``).
-
-Why a pre-hook and not a patched attention interface: the interface is dispatched through
-``config._attn_implementation``, which also selects the mask format, and registering a
-wrapper changes a process-wide table; the pre-hook leaves the model untouched, works
-with whatever attention backend it runs (sdpa, eager, flash), costs two small
-projections per chosen layer, and lets the hook of the last chosen layer stop the
-forward *before* that layer computes its own attention. The recomputation is checked
+The ``q[l]`` / ``k[l]`` read points of the model-access runner
+(:func:`pipeline.model_access.run`): a pre-hook on each chosen layer's attention module
+receives exactly the ``hidden_states`` (already input-normed) and ``position_embeddings``
+``(cos, sin)`` that the module's own forward gets, and recomputes ``q``/``k`` the way the
+HF Llama/Qwen2/Qwen3/Mistral/Gemma/OLMo2-family modules do
+(:func:`pipeline.model_access.post_rope_qk`). KV heads stay unexpanded here
+(``[B, KV, T, D]``); consumers expand them (query head ``h`` reads KV head
+``h // (H // KV)``, as ``repeat_kv``). The forward stops before the last chosen block
+(the runner's ``stop_after``): that block's q/k come from its normed input. Checked
 against eager ``output_attentions`` in ``tests/test_attention.py``.
+
+Why read q/k rather than patch the attention interface: the interface is dispatched
+through ``config._attn_implementation``, which also selects the mask format, and
+registering a wrapper changes a process-wide table; reading q/k leaves the model
+untouched, works with whatever attention backend it runs (sdpa, eager, flash) and costs
+two small projections per chosen layer.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from pipeline.model_access import (
+    Point,
+    find_layout,
+    position_ids,
+    post_rope_qk,
+    run,
+    sliding_window_of,
+)
+
+__all__ = [
+    "DEFAULT_ATTN_PATTERN",
+    "capture_qk",
+    "default_layers",
+    "find_attention_modules",
+    "positions_from_mask",
+    "post_rope_qk",
+    "resolve_layers",
+    "run_capture",
+    "sliding_window_of",
+]
+
 DEFAULT_ATTN_PATTERN = r"(?:^|\.)layers\.(\d+)\.self_attn$"
-"""Regex over ``model.named_modules()`` names; group 1 is the 0-based block index."""
+"""Regex over ``model.named_modules()`` names; group 1 is the 0-based block index. Only
+used when a caller passes its own pattern: by default the attention modules come from
+:func:`pipeline.model_access.find_layout` (every architecture it resolves)."""
 
 OnLayer = Callable[[int, nn.Module, Tensor, Tensor], None]
-
-
-class _StopForward(Exception):
-    """Raised from the last chosen layer's hook to end the forward early."""
 
 
 def find_attention_modules(
     model: nn.Module, pattern: str = DEFAULT_ATTN_PATTERN
 ) -> dict[int, nn.Module]:
-    """Attention modules by 0-based decoder-block index; ValueError if none match."""
+    """Attention modules by 0-based decoder-block index: the blocks' attention modules
+    (:func:`pipeline.model_access.find_layout`), or, for a custom ``pattern``, the modules
+    whose names match it; ValueError if none match."""
+    if pattern == DEFAULT_ATTN_PATTERN:
+        return {i: blk.attn for i, blk in enumerate(find_layout(model).blocks)}
     rx = re.compile(pattern)
     found: dict[int, nn.Module] = {}
     for name, module in model.named_modules():
@@ -86,66 +106,8 @@ def resolve_layers(
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids counted over real tokens (as ``generate`` does under left padding)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _rope_fn(module: nn.Module) -> Callable:
-    fn = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb", None)
-    if fn is None:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as fn
-    return fn
-
-
-def _head_dim(module: nn.Module) -> int:
-    hd = getattr(module, "head_dim", None)
-    if hd is None:
-        cfg = module.config
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return int(hd)
-
-
-def post_rope_qk(
-    module: nn.Module, hidden_states: Tensor, position_embeddings: tuple[Tensor, Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Recompute ``(q [B, H, T, D], k [B, KV, T, D])`` after q/k-norm and RoPE, in the
-    model's dtype, exactly as the module's forward does."""
-    for name in ("q_proj", "k_proj"):
-        if not isinstance(getattr(module, name, None), nn.Module):
-            raise ValueError(
-                f"{type(module).__name__} has no {name}: only separate q_proj/k_proj "
-                "attention modules (Llama, Qwen2/3, Mistral, …) are supported"
-            )
-    if getattr(getattr(module, "config", None), "attn_logit_softcapping", None):
-        raise NotImplementedError("attention logit soft-capping is not supported")
-    head_dim = _head_dim(module)
-    shape = (*hidden_states.shape[:-1], -1, head_dim)
-
-    def project(lin: nn.Module, norm: nn.Module | None) -> Tensor:
-        x = lin(hidden_states)
-        per_head = (
-            norm is not None
-            and getattr(norm, "weight", None) is not None
-            and (norm.weight.shape[-1] == head_dim)
-        )
-        if norm is not None and not per_head:
-            x = norm(x)  # full-width q/k norm (OLMo2 style)
-        x = x.view(shape)
-        if per_head:
-            x = norm(x)  # per-head q/k norm (Qwen3 style)
-        return x.transpose(1, 2)
-
-    q = project(module.q_proj, getattr(module, "q_norm", None))
-    k = project(module.k_proj, getattr(module, "k_norm", None))
-    cos, sin = position_embeddings
-    return _rope_fn(module)(q, k, cos, sin)
-
-
-def sliding_window_of(module: nn.Module) -> int | None:
-    """The module's sliding window (keys with ``t − s ≥ window`` are masked), if any."""
-    if hasattr(module, "sliding_window"):
-        return module.sliding_window
-    return getattr(getattr(module, "config", None), "sliding_window", None)
+    """Position ids counted over real tokens (:func:`pipeline.model_access.position_ids`)."""
+    return position_ids(attention_mask)
 
 
 def run_capture(
@@ -159,60 +121,38 @@ def run_capture(
     position_ids: Tensor | None = None,
 ) -> list[int]:
     """One no-grad forward calling ``on_layer(layer, module, q, k)`` for each chosen layer
-    (ascending), stopped by a private exception right after the last one. Returns the
-    resolved layers. Position ids default to :func:`positions_from_mask`."""
+    (ascending); the forward stops before the last one's attention computes (its q/k come
+    from its normed input). Returns the resolved layers.
+    Position ids default to :func:`positions_from_mask`."""
     chosen = resolve_layers(model, layers, pattern)
     modules = find_attention_modules(model, pattern)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if position_ids is None:
-        position_ids = positions_from_mask(attention_mask)
-    last = chosen[-1]
+    layout = find_layout(model)
+    for i in chosen:
+        if modules[i] is not layout.blocks[i].attn:
+            raise ValueError(f"pattern {pattern!r} picks {type(modules[i]).__name__} in block "
+                             f"{i}, not the block's attention module")
+    got: dict[int, Tensor] = {}
+    called: list[int] = []
 
-    def make_hook(layer: int, module: nn.Module):
-        sig = inspect.signature(module.forward)
-        var_kw = next(
-            (n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD),
-            None,
-        )
+    def read_q(i: int) -> Callable[[Tensor], None]:
+        return lambda q: got.__setitem__(i, q)
 
-        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            bound = sig.bind_partial(*args, **kwargs).arguments
-            extra = bound.get(var_kw, {}) if var_kw else {}
-            hidden = bound.get("hidden_states", extra.get("hidden_states"))
-            pos_emb = bound.get("position_embeddings", extra.get("position_embeddings"))
-            if hidden is None or pos_emb is None:
-                raise ValueError(
-                    f"{type(mod).__name__} was not called with hidden_states and "
-                    "position_embeddings (cos, sin); this architecture is not supported"
-                )
-            q, k = post_rope_qk(mod, hidden, pos_emb)
-            on_layer(layer, mod, q, k)
-            if layer == last:
-                raise _StopForward
+    def read_k(i: int) -> Callable[[Tensor], None]:
+        def read(k: Tensor) -> None:
+            on_layer(i, modules[i], got.pop(i), k)
+            called.append(i)
+        return read
 
-        return hook
-
-    handles = [
-        modules[i].register_forward_pre_hook(make_hook(i, modules[i]), with_kwargs=True)
-        for i in chosen
-    ]
-    stopped = False
-    try:
-        with torch.no_grad():
-            model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=False,
-            )
-    except _StopForward:
-        stopped = True
-    finally:
-        for h in handles:
-            h.remove()
-    if not stopped:
-        raise RuntimeError(f"layer {last}'s attention module was never called")
+    reads = {}
+    for i in chosen:
+        reads[Point("q", i)] = read_q(i)
+        reads[Point("k", i)] = read_k(i)
+    with torch.no_grad():
+        run(model, input_ids, attention_mask, read=reads, stop_after=chosen[-1],
+            position_ids_=position_ids, layout=layout)
+    if called != chosen:
+        raise RuntimeError(f"attention modules of layers {sorted(set(chosen) - set(called))} "
+                           "were never called")
     return chosen
 
 

@@ -128,7 +128,7 @@ def _timed(fn, repeats: int) -> tuple[Any, float, float]:
 
 def _phase_split(model, chunk: int, n_tok: int, n_proj: int) -> dict[str, float]:
     """Seconds per phase of the reduction, timed on one chunk and scaled to the full run."""
-    from pipeline.decomposition.entropy import _log_softmax_into
+    from pipeline.model_access.unembed import _log_softmax_into
 
     w_t = model.get_output_embeddings().weight.detach().float().t()
     rows = min(chunk, n_tok)
@@ -154,7 +154,7 @@ def _phase_split(model, chunk: int, n_tok: int, n_proj: int) -> dict[str, float]
 
 def _worker(args: argparse.Namespace) -> int:
     from pipeline.decomposition import internal_entropies
-    from pipeline.decomposition.entropy import UnembeddingEntropy
+    from pipeline.model_access import UnembeddingEntropy
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -91,7 +91,7 @@ def naive_predictions(model, batches, pad_id: int, n: int) -> tuple[np.ndarray, 
     docstring), the strict rank on the same logits [N, L+1] (the exact reference) and
     where p(target) underflowed to 0 or a subnormal number [N, L+1]."""
     from pipeline.decomposition import position_ids_from_mask
-    from pipeline.decomposition.layout import find_layout
+    from pipeline.model_access import find_layout
     from pipeline.depth import pad_token_ids
 
     layout = find_layout(model)

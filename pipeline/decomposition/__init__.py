@@ -14,13 +14,12 @@ Public API::
 from pipeline.decomposition.aggregate import aggregate
 from pipeline.decomposition.boundary import boundary_layer
 from pipeline.decomposition.changes import entropy_changes
-from pipeline.decomposition.entropy import UnembeddingEntropy, cosine
 from pipeline.decomposition.internal import (
     MODULE_KEYS,
     internal_entropies,
     position_ids_from_mask,
 )
-from pipeline.decomposition.layout import DecoderLayout, find_layout
+from pipeline.model_access import DecoderLayout, UnembeddingEntropy, cosine, find_layout
 
 __all__ = [
     "MODULE_KEYS",

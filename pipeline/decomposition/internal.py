@@ -1,65 +1,37 @@
-"""Internal layer and module policies' entropies via forward hooks (methods.md §1.1, §1.2).
+"""Internal layer and module policies' entropies (methods.md §1.1, §1.2).
 
-One no-grad forward of the base decoder with hooks on the standard HF modules
-(:mod:`.layout`). Each captured activation is gathered at the non-padding positions and
-reduced to entropies inside the hook (:class:`.entropy.UnembeddingEntropy`), so padding
-costs nothing and no [layers, tokens, vocab] tensor exists.
+One no-grad forward through the model-access runner (:func:`pipeline.model_access.run`)
+reading every block's residual input/output and its attention/MLP inputs and residual
+contributions. Each read is gathered at the non-padding positions and reduced to
+entropies at once (:meth:`pipeline.model_access.Unembed.entropy`), so padding costs
+nothing and no [layers, tokens, vocab] tensor exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.decomposition.entropy import UnembeddingEntropy, cosine
-from pipeline.decomposition.layout import find_layout
+from pipeline.model_access import (
+    Point,
+    UnembeddingEntropy,
+    cosine,
+    eval_mode,
+    find_layout,
+    position_ids,
+    run,
+    softcap_of,
+)
 
 #: Keys of :func:`internal_entropies` with one entry per block, shape [B, L, T].
 MODULE_KEYS = ("attn", "ffn", "attn_in", "ffn_in", "cos_attn", "cos_ffn")
 
 
-def _hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-    """The hidden-states input of a module call (keyword ``hidden_states`` or first arg)."""
-    x = kwargs.get("hidden_states")
-    if isinstance(x, Tensor):
-        return x
-    if args and isinstance(args[0], Tensor):
-        return args[0]
-    raise RuntimeError("cannot find the hidden_states input of a hooked module call")
-
-
-def _first(output: Any) -> Tensor:
-    """A module's main output: the tensor itself or the first element of a tuple/list."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise RuntimeError(f"cannot read a tensor from a hooked module output ({type(output)})")
-
-
 def position_ids_from_mask(mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only, as ``generate`` does (left padding safe)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def run_decoder(model: nn.Module, decoder: nn.Module, input_ids: Tensor, mask: Tensor) -> None:
-    """One forward of the base ``decoder`` (the output is discarded: hooks read what they
-    need) in eval mode, the model's training flag restored afterwards; position ids from
-    the bool ``mask``, no KV cache."""
-    was_training = model.training
-    model.eval()
-    try:
-        decoder(
-            input_ids=input_ids,
-            attention_mask=mask.long(),
-            position_ids=position_ids_from_mask(mask),
-            use_cache=False,
-        )
-    finally:
-        model.train(was_training)
+    """Positions counted over real tokens only (:func:`pipeline.model_access.position_ids`)."""
+    return position_ids(mask)
 
 
 @torch.no_grad()
@@ -99,11 +71,10 @@ def internal_entropies(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     mask = attention_mask.to(input_ids.device).bool()
-    config = getattr(model, "config", None)
     project = UnembeddingEntropy(
         layout.lm_head,
         final_norm=layout.final_norm if apply_final_norm else None,
-        softcap=getattr(config, "final_logit_softcapping", None),
+        softcap=softcap_of(model),
         chunk_tokens=chunk_tokens,
     )
     n_layers = len(layout.blocks)
@@ -126,55 +97,50 @@ def internal_entropies(
         vals[key][row] = value.to(dev)
         filled.add((key, row))
 
-    def block_pre(i: int) -> Callable:
-        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            state["h_in"] = gather(_hidden_arg(args, kwargs))
+    def resid_pre(i: int) -> Callable[[Tensor], None]:
+        def read(h: Tensor) -> None:
+            state["h_in"] = gather(h)
             if i == 0:
                 put("layer", 0, project(state["h_in"]))
-        return hook
+        return read
 
-    def block_post(i: int) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-            put("layer", i + 1, project(gather(_first(output))))
+    def resid_post(i: int) -> Callable[[Tensor], None]:
+        def read(h: Tensor) -> None:
+            put("layer", i + 1, project(gather(h)))
             state.clear()
-        return hook
+        return read
 
-    def module_in(key: str, i: int) -> Callable:
-        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-            put(key, i, project(gather(_hidden_arg(args, kwargs))))
-        return hook
+    def module_in(key: str, i: int) -> Callable[[Tensor], None]:
+        return lambda x: put(key, i, project(gather(x)))
 
-    def attn_out(i: int) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-            a = gather(_first(output))
+    def attn_out(i: int) -> Callable[[Tensor], None]:
+        def read(out: Tensor) -> None:
+            a = gather(out)
             put("attn", i, project(a))
             h_in = state["h_in"].to(a.device)
             put("cos_attn", i, cosine(a, h_in))
             state["mid"] = h_in.float() + a.float()
-        return hook
+        return read
 
-    def ffn_out(i: int) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-            f = gather(_first(output))
+    def ffn_out(i: int) -> Callable[[Tensor], None]:
+        def read(out: Tensor) -> None:
+            f = gather(out)
             put("ffn", i, project(f))
             put("cos_ffn", i, cosine(f, state["mid"].to(f.device)))
-        return hook
+        return read
 
-    handles = []
+    reads: dict[Point, Callable[[Tensor], None]] = {}
+    for i in range(n_layers):
+        reads[Point("resid_pre", i)] = resid_pre(i)
+        reads[Point("attn_in", i)] = module_in("attn_in", i)
+        reads[Point("attn_out", i)] = attn_out(i)
+        reads[Point("ffn_in", i)] = module_in("ffn_in", i)
+        reads[Point("ffn_out", i)] = ffn_out(i)
+        reads[Point("resid_post", i)] = resid_post(i)
     try:
-        for i, blk in enumerate(layout.blocks):
-            handles += [
-                blk.block.register_forward_pre_hook(block_pre(i), with_kwargs=True),
-                blk.attn.register_forward_pre_hook(module_in("attn_in", i), with_kwargs=True),
-                blk.attn_out.register_forward_hook(attn_out(i)),
-                blk.mlp.register_forward_pre_hook(module_in("ffn_in", i), with_kwargs=True),
-                blk.ffn_out.register_forward_hook(ffn_out(i)),
-                blk.block.register_forward_hook(block_post(i)),
-            ]
-        run_decoder(model, layout.decoder, input_ids, mask)
+        with eval_mode(model):
+            run(model, input_ids, mask, read=reads, layout=layout)
     finally:
-        for h in handles:
-            h.remove()
         project.release()
     expected = {("layer", r) for r in range(n_layers + 1)}
     expected |= {(k, r) for k in MODULE_KEYS for r in range(n_layers)}

@@ -1,7 +1,8 @@
 """Raw residual-stream reads at chosen positions and the lens read-out (methods.md §4).
 
-:func:`capture_hidden` runs one no-grad forward of the base decoder with hooks on the
-decoder blocks (:func:`pipeline.decomposition.layout.find_layout`) and keeps h[l] only at
+:func:`capture_hidden` runs one no-grad forward through the model-access runner
+(:func:`pipeline.model_access.run`, reading ``resid_pre[0]`` and every ``resid_post[l]``)
+and keeps h[l] only at
 the selected positions: h[0] is the input of block 1 (the embedding output, after any
 embedding scaling), h[l] (1 ≤ l ≤ L) the raw output of block l, *before* the final norm
 (HF's ``output_hidden_states[-1]`` is post-norm and is never used). The result is
@@ -9,22 +10,27 @@ embedding scaling), h[l] (1 ≤ l ≤ L) the raw output of block l, *before* the
 
 :class:`Readout` maps a hidden state to logits the way the model does at its output,
 ``W_U norm_f(x) (+ b)`` (plus a Gemma-style final soft-cap), in fp32 with detached
-(frozen) weights: differentiable with respect to ``x`` only, so a tuned lens can be
-trained through it without touching the model's parameters or their ``.grad``.
+(frozen) weights: a frozen :class:`pipeline.model_access.Unembed` with the final norm,
+differentiable with respect to ``x`` only, so a tuned lens can be trained through it
+without touching the model's parameters or their ``.grad``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from pipeline.decomposition.entropy import DEFAULT_CHUNK_BYTES
-from pipeline.decomposition.internal import _first, _hidden_arg, run_decoder
-from pipeline.decomposition.layout import DecoderLayout, find_layout
+from pipeline.model_access import (
+    DecoderLayout,
+    Point,
+    Unembed,
+    eval_mode,
+    find_layout,
+    run,
+    softcap_of,
+)
 
 
 def last_positions(mask: Tensor) -> Tensor:
@@ -104,32 +110,23 @@ def capture_hidden(
         return h.reshape(-1, h.shape[-1]).index_select(0, idx_cache[h.device]).to(
             device=dev, dtype=torch.float32)
 
-    def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        out[0] = gather(_hidden_arg(args, kwargs))
+    def put(i: int) -> Callable[[Tensor], None]:
+        return lambda h: out.__setitem__(i, gather(h))
 
-    def post_hook(i: int) -> Callable:
-        def hook(_m: nn.Module, _args: tuple, output: Any) -> None:
-            out[i + 1] = gather(_first(output))
-        return hook
-
-    handles = [layout.blocks[0].block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    handles += [blk.block.register_forward_hook(post_hook(i))
-                for i, blk in enumerate(layout.blocks)]
-    try:
-        run_decoder(model, layout.decoder, input_ids, mask)
-    finally:
-        for h in handles:
-            h.remove()
+    reads = {Point("resid_pre", 0): put(0)}
+    reads.update({Point("resid_post", i): put(i + 1) for i in range(n_layers)})
+    with eval_mode(model):
+        run(model, input_ids, mask, read=reads, layout=layout)
     if any(o is None for o in out):
         missing = [i for i, o in enumerate(out) if o is None]
-        raise RuntimeError(f"block hooks did not fire for h{missing} (unusual decoder?)")
+        raise RuntimeError(f"reads did not fire for h{missing} (unusual decoder?)")
     return torch.stack(out)  # type: ignore[arg-type]
 
 
-class Readout:
+class Readout(Unembed):
     """``x [n, d] -> logits [n, V]`` = ``W_U norm_f(x) + b`` (fp32, soft-capped if the
-    config says so), through detached fp32 copies/views of the model's final norm and
-    unembedding. A model without a final norm reads ``W_U x``.
+    config says so): a frozen :class:`pipeline.model_access.Unembed` over the model's final
+    norm and unembedding. A model without a final norm reads ``W_U x``.
 
     ``chunk_rows`` (default: rows whose [rows, V] fp32 block fits in 256 MiB) is what
     callers use to bound their [rows, V] blocks; :meth:`logits` itself does one GEMM.
@@ -138,45 +135,6 @@ class Readout:
     def __init__(self, model: nn.Module, *, layout: DecoderLayout | None = None,
                  chunk_rows: int | None = None) -> None:
         layout = layout or find_layout(model)
-        weight = layout.lm_head.weight.detach()
-        self.device = weight.device
-        self.weight = weight.to(torch.float32)  # [V, d]; a view when already fp32
-        bias = getattr(layout.lm_head, "bias", None)
-        self.bias = None if bias is None else bias.detach().to(torch.float32)
-        self.vocab = int(weight.shape[0])
-        self.d_model = int(weight.shape[1])
+        super().__init__(layout.lm_head, norm=layout.final_norm, softcap=softcap_of(model),
+                         chunk_rows=chunk_rows, frozen=True)
         self.num_layers = len(layout.blocks)
-        config = getattr(model, "config", None)
-        cap = getattr(config, "final_logit_softcapping", None)
-        self.softcap = float(cap) if cap else None
-        self.norm = layout.final_norm
-        self._norm_state: dict[str, Tensor] = {}
-        if self.norm is not None:
-            for name, p in self.norm.named_parameters():
-                self._norm_state[name] = p.detach().to(device=self.device, dtype=torch.float32)
-            for name, b in self.norm.named_buffers():
-                self._norm_state[name] = b.detach().to(self.device)
-        if chunk_rows is None:
-            chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (4 * self.vocab))
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        self.chunk_rows = int(chunk_rows)
-
-    def normed(self, x: Tensor) -> Tensor:
-        """norm_f(x) in fp32 with frozen fp32 norm parameters (identity if no final norm)."""
-        x = x.to(device=self.device, dtype=torch.float32)
-        if self.norm is None:
-            return x
-        return functional_call(self.norm, self._norm_state, (x,))
-
-    def logits(self, x: Tensor) -> Tensor:
-        """fp32 logits [n, V] of hidden states ``x`` [n, d] (differentiable in ``x``)."""
-        z = torch.nn.functional.linear(self.normed(x), self.weight, self.bias)
-        if self.softcap is not None:
-            z = torch.tanh(z / self.softcap) * self.softcap
-        return z
-
-    def chunks(self, n_rows: int) -> list[slice]:
-        """Row slices of at most ``chunk_rows`` rows covering ``range(n_rows)``."""
-        return [slice(s, min(s + self.chunk_rows, n_rows))
-                for s in range(0, n_rows, self.chunk_rows)]

@@ -13,18 +13,14 @@ Public API::
     RLConfig, METHODS, train(model, tokenizer, problems, reward_fn, cfg, *, prompt_fn,
                              out_dir, run=None, resume=True) -> history
 
-Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.credit` (γ and token advantages),
-:mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`.
+Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.bupo` (π^k, phases, old log-probs),
+:mod:`.credit` (γ and token advantages), :mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`.
 """
 
+from pipeline.rl.bupo import internal_token_logprobs
 from pipeline.rl.config import METHODS, RLConfig
 from pipeline.rl.credit import credit_gamma, token_advantages
-from pipeline.rl.logprobs import (
-    PolicyStats,
-    internal_token_logprobs,
-    policy_stats,
-    token_logprobs,
-)
+from pipeline.rl.logprobs import PolicyStats, policy_stats, token_logprobs
 from pipeline.rl.losses import (
     LossStats,
     group_advantages,

@@ -87,8 +87,11 @@ class RLConfig:
         return self.method if self.method in ("rloo", "reinforce_pp") else "grpo"
 
     def phase(self, step: int) -> str:
-        """``"ipa"`` for BuPO steps 1..s_inter (1-based), else ``"grpo"`` (methods.md §2)."""
-        return "ipa" if self.uses_bupo and step <= self.s_inter else "grpo"
+        """``"ipa"`` for BuPO steps 1..s_inter (1-based), else ``"grpo"`` (methods.md §2;
+        :func:`pipeline.rl.bupo.phase`)."""
+        from pipeline.rl.bupo import phase
+
+        return phase(step, s_inter=self.s_inter, enabled=self.uses_bupo)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

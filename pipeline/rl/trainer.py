@@ -39,12 +39,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline.generation import generate
 from pipeline.models.provision import atomic_dir
 from pipeline.responses import batch_from_table
-from pipeline.rl import distributed
+from pipeline.rl import bupo, distributed
 from pipeline.rl.checkpoint import atomic_write, load_checkpoint, save_checkpoint, set_rng_states
 from pipeline.rl.config import RLConfig
 from pipeline.rl.credit import credit_gamma, token_advantages
 from pipeline.rl.distributed import Dist, check_split, rank_seed, shard
-from pipeline.rl.logprobs import internal_token_logprobs, policy_stats, token_logprobs
+from pipeline.rl.logprobs import policy_stats
 from pipeline.rl.losses import (
     group_advantages,
     policy_loss_stats,
@@ -180,17 +180,17 @@ def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
     """Old log-probs (of the policy the phase trains), diagnostics and token advantages,
     all with no grad on the rollout weights (this process's groups under ``dist``)."""
     dist = dist or Dist()
-    ipa = cfg.phase(step) == "ipa"
-    diag = cfg.uses_bupo and (step % cfg.diag_every == 0 or step == 1)
-    need_final = not ipa or diag or cfg.credit == "entropy"
+    ph = cfg.phase(step)
+    need = bupo.needed_stats(ph, bupo=cfg.uses_bupo,
+                             diagnostics=step % cfg.diag_every == 0 or step == 1,
+                             entropy_credit=cfg.credit == "entropy")
     n, t = ro.input_ids.shape
     keys = ("logp", "entropy", "logp_k", "entropy_k", "cos_kL")
     acc: dict[str, list[Tensor]] = {k: [] for k in (*keys, "gamma")}
     gen = torch.Generator().manual_seed(rank_seed(_step_seed(cfg.seed, step, 1), dist.rank))
     for rows in _chunks(torch.arange(n, device=ro.input_ids.device), cfg.micro_batch_size):
         ids, am, rm, _ = _micro(ro, rows)
-        st = policy_stats(model, ids, am, rm, layer=cfg.bupo_layer, final=need_final,
-                          internal=ipa or diag, cosine_kL=diag,
+        st = policy_stats(model, ids, am, rm, layer=cfg.bupo_layer, **need,
                           apply_final_norm=cfg.ipa_final_norm, temperature=cfg.temperature,
                           chunk_tokens=cfg.chunk_tokens)
         for k in keys:
@@ -204,7 +204,7 @@ def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
             acc["gamma"].append(_pad(g, t, 1.0))
     out = {k: torch.cat(v) if v else None for k, v in acc.items()}
     out["token_mask"] = ro.response_mask[:, 1:]
-    out["old_logp"] = out["logp_k"] if ipa else out["logp"]
+    out["old_logp"] = bupo.old_logprobs(out, ph)
     adv = advantages_for(cfg, ro, dist)
     out["advantages"] = adv
     out["token_adv"] = token_advantages(adv.to(ro.input_ids.device), out["gamma"], t - 1)
@@ -228,7 +228,7 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
     processes, gradients are summed over the processes before clipping, the returned
     statistics cover the whole batch, and every process raises together."""
     dist = dist or Dist()
-    ipa = cfg.phase(step) == "ipa"
+    ph = cfg.phase(step)
     n_groups = ro.rewards.numel() // ro.group_size
     if dist.enabled and n_groups % cfg.updates_per_batch:
         raise ValueError(f"rl: {n_groups} groups per process do not split into "
@@ -249,14 +249,11 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
         bad: str | None = None
         for mrows in _chunks(rows, cfg.micro_batch_size):
             ids, am, rm, w = _micro(ro, mrows)
-            if ipa:
-                logp = internal_token_logprobs(model, ids, am, rm, cfg.bupo_layer,
-                                               apply_final_norm=cfg.ipa_final_norm,
-                                               temperature=cfg.temperature,
-                                               chunk_tokens=cfg.chunk_tokens)
-            else:
-                logp = token_logprobs(model, ids, am, rm, temperature=cfg.temperature,
-                                      chunk_tokens=cfg.chunk_tokens)
+            logp = bupo.train_logprobs(model, ids, am, rm, step_phase=ph,
+                                       layer=cfg.bupo_layer,
+                                       apply_final_norm=cfg.ipa_final_norm,
+                                       temperature=cfg.temperature,
+                                       chunk_tokens=cfg.chunk_tokens)
             st = policy_loss_stats(logp, prep["old_logp"][mrows, :w - 1],
                                    prep["token_adv"][mrows, :w - 1],
                                    prep["token_mask"][mrows, :w - 1], clip_low=cfg.clip_low,
@@ -308,7 +305,7 @@ def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
     out: dict[str, Any] = {
         "step": step,
         "phase": cfg.phase(step),
-        "ipa": float(cfg.phase(step) == "ipa"),
+        "ipa": float(cfg.phase(step) == bupo.IPA),
         "reward_mean": float(rewards.mean()),
         "accuracy": float((rewards > 0.5).float().mean()),
         "group_pass": float((r > 0.5).any(1).float().mean()),
