@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.model_access import probs as vocab_probs
 from pipeline.static_decode import StaticDecoder, unsupported_reason
 
 
@@ -55,7 +56,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     B=8, V=49,152: 0.25 ms vs 8.8 ms per step)."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = vocab_probs(logits, temperature)
     order = None
     if top_p < 1.0:
         probs, order = probs.sort(dim=-1, descending=True)

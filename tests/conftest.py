@@ -26,3 +26,41 @@ def tiny_model(request, char_tokenizer):
     torch.manual_seed(0)
     model = build_model({**TINY, "arch": request.param}, char_tokenizer, seed=0)
     return model.eval()
+
+
+# ---------------------------------------------------------------- shared model factories
+ARCHS = ("qwen3", "llama", "qwen2", "mistral", "gemma2", "olmo2")
+
+
+def make_hf_model(arch: str, *, vocab: int = 300, layers: int = 3, tie: bool = False,
+                  seed: int = 0, attn: str = "eager", init: float = 0.2, **extra):
+    """A random tiny HF causal LM of one architecture (real ``transformers`` classes):
+    d=32, 4 heads / 2 KV heads of 8, large init so that distributions are far from
+    uniform. ``extra`` goes to the config (e.g. ``sliding_window``)."""
+    import transformers as tf
+
+    cls = {"qwen3": "Qwen3", "llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral",
+           "gemma2": "Gemma2", "olmo2": "Olmo2"}[arch]
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=8, max_position_embeddings=128, tie_word_embeddings=tie,
+                  initializer_range=init, attn_implementation=attn)
+    if arch == "olmo2":
+        common.pop("head_dim")
+    config = getattr(tf, f"{cls}Config")(**{**common, **extra})
+    torch.manual_seed(seed)
+    return getattr(tf, f"{cls}ForCausalLM")(config).eval()
+
+
+def padded_batch(vocab: int, side: str, lengths=(7, 3, 5), *, seed: int = 0):
+    """``(input_ids, attention_mask)`` [B, max(lengths)] with random ids, padded on
+    ``side`` ("left" or "right") with id 0."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, sl] = torch.randint(1, vocab, (n,), generator=g)
+        mask[i, sl] = 1
+    return ids, mask

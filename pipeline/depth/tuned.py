@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pipeline.decomposition.layout import find_layout
+from pipeline.model_access import find_layout
 from pipeline.depth.lens import TunedLens
 from pipeline.depth.readout import Readout, capture_hidden, input_device
 
@@ -65,7 +65,7 @@ def _layer_kl_terms(readout: Readout, lens: TunedLens | None, hs: Tensor, layers
     ``backward_scale`` each layer's sum × scale is back-propagated (translators only)."""
     n_layers = hs.shape[0] - 1
     with torch.no_grad():
-        logp = torch.log_softmax(readout.logits(hs[n_layers, rows]), -1)
+        logp = readout.log_probs(hs[n_layers, rows])
         p = logp.exp()
     out = {}
     for layer in layers:
@@ -75,7 +75,7 @@ def _layer_kl_terms(readout: Readout, lens: TunedLens | None, hs: Tensor, layers
             x = hs[layer, rows]
             if lens is not None:
                 x = lens.transform_hidden(x, layer)
-            logq = torch.log_softmax(readout.logits(x), -1)
+            logq = readout.log_probs(x)
             kl = (p * (logp - logq)).sum()
             if grad:
                 (kl * backward_scale).backward()

@@ -38,6 +38,7 @@ from pipeline.model_access.unembed import (
     cosine,
     entropy,
     log_probs,
+    probs,
     softcap_of,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "loop_supported",
     "position_ids",
     "post_rope_qk",
+    "probs",
     "resid_post",
     "resid_pre",
     "run",

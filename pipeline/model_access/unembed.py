@@ -63,6 +63,11 @@ def log_probs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``softmax(logits / T)`` over the vocabulary (last dim) in fp32 (sampling)."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
 def entropy(logits: Tensor) -> Tensor:
     """H(softmax(z)) in nats per row of ``logits`` [..., V] (fp32, allocating)."""
     lp = log_probs(logits)
