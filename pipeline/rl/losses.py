@@ -142,16 +142,9 @@ def policy_loss_stats(
     return stats
 
 
-def policy_loss(
-    logp: Tensor,
-    old_logp: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    num_tokens: float | None = None,
-) -> Tensor:
+def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                clip_low: float = 0.2, clip_high: float = 0.2,
+                num_tokens: float | None = None) -> Tensor:
     """Token-mean clipped surrogate (methods.md §2); see :func:`policy_loss_stats`."""
     return policy_loss_stats(logp, old_logp, advantages, mask, clip_low=clip_low,
                              clip_high=clip_high, num_tokens=num_tokens).loss
