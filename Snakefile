@@ -39,8 +39,8 @@ rule all:
     default_target: True
     input:
         rules.report_summary.output,
-        expand(f"{R}/decomposition/{{model}}/summary.json", model=ANALYSIS_MODELS),
+        expand(paths.analysis(R, "decomposition"), run=ANALYSIS_MODELS),
         rules.decomposition_compare.output,
-        expand(f"{R}/attention/{{model}}/summary.json", model=ANALYSIS_MODELS),
-        expand(f"{R}/depth/{{model}}/summary.json", model=ANALYSIS_MODELS),
+        expand(paths.analysis(R, "attention"), run=ANALYSIS_MODELS),
+        expand(paths.depth(R), model=ANALYSIS_MODELS),
         rules.compare.output,

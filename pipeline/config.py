@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+CACHE_ENV = "PIPELINE_CACHE"
+DEPRECATED_CACHE_ENV = "PIPELINE_DATA_CACHE"  # still read, with a warning, for one release
 
 
 class ConfigError(ValueError):
@@ -40,6 +45,49 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     with open(path) as f:
         return yaml.safe_load(f)
+
+
+def schema_defaults(*path: str, schema: dict | None = None) -> dict[str, Any]:
+    """The defaults validation fills into an empty mapping at ``path`` of the config, e.g.
+    ``schema_defaults("analysis", "attention")``: the schema is the one place a default
+    is written, stages that also run without a config read theirs from here."""
+    schema = schema or load_schema()
+    node = schema
+    for key in path:
+        node = node["properties"][key]
+    instance: dict[str, Any] = {}
+    for _ in _Validator({**node, "$defs": schema.get("$defs", {})}).iter_errors(instance):
+        pass  # only the defaults are wanted; {} of a section with required keys is invalid
+    return instance
+
+
+def cache_dir(configured: str | os.PathLike[str] | None = None) -> Path:
+    """The download cache (registry wheels, data sources): ``configured`` (the config's
+    ``cache_dir``) > ``$PIPELINE_CACHE`` > ``$PIPELINE_DATA_CACHE`` (deprecated; a
+    warning) > ``~/.cache/reasoning-inside``."""
+    if configured:
+        return Path(configured)
+    env = os.environ.get(CACHE_ENV)
+    if not env and (env := os.environ.get(DEPRECATED_CACHE_ENV)):
+        warnings.warn(f"${DEPRECATED_CACHE_ENV} is deprecated and will be ignored in the next "
+                      f"release: set ${CACHE_ENV} instead", FutureWarning, stacklevel=2)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "reasoning-inside"
+
+
+def is_builtin(model: Mapping[str, Any]) -> bool:
+    """Whether a model (its ``models.<name>`` entry) is a builtin tiny model, decided by
+    its ``source`` alone: builtin models are provisioned by SFT on the Countdown train
+    split, sampled with the builtin response settings and prompt format, and analysed on
+    their own Countdown text."""
+    return model["source"] == "builtin"
+
+
+def resolve_prompt_style(style: str, source: str) -> str:
+    """A ``prompt_style`` for a model of ``source``: ``auto`` = the builtin format for
+    builtin models, the chat template otherwise; any other style is kept."""
+    if style != "auto":
+        return style
+    return "builtin" if is_builtin({"source": source}) else "chat"
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -82,7 +130,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
                 raise ConfigError(f"{at}: a gguf model needs either `path` or `package` + "
                                   f"`file` + `sha256`, not both"
                                   + (f" (missing {', '.join(missing)})" if missing else ""))
-        if spec["source"] != "builtin":
+        if not is_builtin(spec):
             continue
         if spec["head_dim"] is None and spec["hidden_size"] % spec["num_heads"]:
             raise ConfigError(f"{at}.num_heads: {spec['num_heads']} does not divide "
@@ -113,7 +161,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             RLConfig.from_dict({**rl["trainer"], "bupo_layer": 1})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"config error at rl.trainer: {exc}") from None
-    from pipeline.depth.stage import resolve_spec
+    from pipeline.depth.spec import resolve_spec
 
     try:
         resolve_spec(config["analysis"]["depth"])

@@ -14,29 +14,18 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.evaluation import items as bench
-from pipeline.generation import generate
+from pipeline.evaluation.run import generate_scored
 
 
-def sample_responses(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: str,
-    items: list[dict],
-    spec: dict[str, Any],
-    *,
-    style: str,
-    seed: int = 0,
-    progress: bool = True,
-) -> pd.DataFrame:
+def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
+                     items: list[dict], spec: dict[str, Any], *, style: str, seed: int = 0,
+                     progress: bool = True) -> pd.DataFrame:
     """One row per response: texts, ``prompt_ids`` / ``response_ids`` (lists), correctness."""
     prompts = [bench.render_prompt(task, it, tokenizer, style) for it in items]
-    gens = generate(model, tokenizer, prompts, n=spec["n_samples"],
-                    temperature=spec["temperature"], top_p=spec["top_p"],
-                    max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                    seed=seed, progress=progress, desc="responses",
-                    dtype=spec.get("sample_dtype"))
     rows = []
-    for g in gens:
+    for g, correct in generate_scored(model, tokenizer, task, items, prompts, spec,
+                                      n=spec["n_samples"], temperature=spec["temperature"],
+                                      seed=seed, progress=progress, desc="responses"):
         prompt_ids = tokenizer(prompts[g.prompt_index], add_special_tokens=False).input_ids
         response_ids = g.token_ids
         rows.append({
@@ -44,7 +33,7 @@ def sample_responses(
             "item_id": str(items[g.prompt_index]["id"]), "prompt": prompts[g.prompt_index],
             "response": g.text, "prompt_ids": prompt_ids, "response_ids": response_ids,
             "num_response_tokens": len(response_ids), "finished": g.finished,
-            "correct": bench.score(task, items[g.prompt_index], g.text),
+            "correct": correct,
         })
     return pd.DataFrame(rows)
 

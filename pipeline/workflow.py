@@ -1,25 +1,23 @@
-"""Helpers the Snakefile uses, so rules stay free of logic: paths, wildcard values and
-the JSON arguments each rule passes to ``python -m pipeline``."""
+"""Helpers the Snakefile uses, so rules stay free of logic: wildcard values, the inputs
+and targets of each stage (paths from :mod:`pipeline.paths`), the JSON arguments each rule
+passes to ``python -m pipeline``, and what every rule repeats (:class:`Common`)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import canonical_json
+from pipeline import paths
+from pipeline.config import CACHE_ENV, canonical_json, is_builtin
+from pipeline.config import cache_dir as resolve_cache_dir
 from pipeline.tracking import TRACKING_URI_ENV, config_hash, resolve_tracking_uri
 
 EXPERIMENT_ENV = "PIPELINE_MLFLOW_EXPERIMENT"
 CONFIG_HASH_ENV = "PIPELINE_CONFIG_HASH"
-CACHE_ENV = "PIPELINE_CACHE"
-
-
-def root(config: dict[str, Any]) -> str:
-    """``<results_dir>/<experiment>``: every output of a run lives below it."""
-    return str(Path(config["results_dir"]) / config["experiment"])
 
 
 def tracking_uri(config: dict[str, Any]) -> str:
@@ -46,22 +44,34 @@ def export_env(config: dict[str, Any]) -> None:
 
 
 def job(config: dict[str, Any], rule: str, wildcards: Any = None) -> str:
-    """The MLflow job description a rule passes as ``--job`` (rule and wildcards)."""
+    """The MLflow job description a rule passes as ``--job`` (rule and wildcards). A
+    ``run`` wildcard (:mod:`pipeline.paths`) of a base model becomes ``model``; that of a
+    trained checkpoint stays, with its ``model`` and ``method`` added (MLflow tags)."""
     wc = dict(wildcards.items()) if wildcards is not None else {}
+    if "run" in wc:
+        model, method, _ = paths.parse_run(wc["run"])
+        if method is None:
+            del wc["run"]
+        wc.update({"model": model} if method is None else {"model": model, "method": method})
     return canonical_json({"rule": rule, "wildcards": wc})
+
+
+def run_source(config: dict[str, Any], run: str) -> str:
+    """The ``source`` of a run's base model (builtin, gguf, hub)."""
+    return config["models"][paths.parse_run(run)[0]]["source"]
 
 
 def provision_inputs(config: dict[str, Any], root_dir: str, model: str) -> list[str]:
     """Builtin models train on the Countdown train split; other sources need no input."""
-    if config["models"][model]["source"] == "builtin":
-        return [f"{root_dir}/data/countdown/train.jsonl"]
+    if is_builtin(config["models"][model]):
+        return [paths.countdown_data(root_dir, "train")]
     return []
 
 
 def cache_dir(config: dict[str, Any]) -> str:
-    """Download cache: config ``cache_dir`` > $PIPELINE_CACHE > ~/.cache/reasoning-inside."""
-    return str(Path(config["cache_dir"] or os.environ.get(CACHE_ENV)
-                    or Path.home() / ".cache" / "reasoning-inside"))
+    """Download cache: config ``cache_dir`` > $PIPELINE_CACHE > ~/.cache/reasoning-inside
+    (:func:`pipeline.config.cache_dir`)."""
+    return str(resolve_cache_dir(config["cache_dir"]))
 
 
 def benchmark_models(config: dict[str, Any], benchmark: str) -> list[str]:
@@ -82,20 +92,29 @@ def evaluation_seeds(config: dict[str, Any], model: str, benchmark: str) -> list
 def evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
     """Every (model, benchmark, seed) evaluation summary the config asks for."""
     return [
-        f"{root_dir}/eval/{m}/{b}/seed{s}/summary.json"
+        paths.evaluation(root_dir, "summary", m, b, s)
         for b in config["evaluation"]["benchmarks"]
         for m in benchmark_models(config, b)
         for s in evaluation_seeds(config, m, b)
     ]
 
 
-def evaluation_inputs(config: dict[str, Any], root_dir: str, model: str,
+def evaluation_inputs(config: dict[str, Any], root_dir: str, run: str,
                       benchmark: str) -> dict[str, str]:
+    """The weights of the run (base model or trained checkpoint) and the benchmark's data."""
     bench = config["evaluation"]["benchmarks"][benchmark]
-    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    inputs = {"model": paths.run_model_dir(root_dir, run)}
     if bench["task"] == "countdown":
-        inputs["data"] = f"{root_dir}/data/countdown/{bench['split']}.jsonl"
+        inputs["data"] = paths.countdown_data(root_dir, bench["split"])
     return inputs
+
+
+def analysis_inputs(root_dir: str, run: str) -> dict[str, str]:
+    """An analysis (decomposition, attention) of a run reads the run's weights and the
+    BASE model's responses: a trained checkpoint is analysed on the same text as its base
+    model (a fair before/after, no new sampling)."""
+    return {"model": paths.run_model_dir(root_dir, run),
+            "responses": paths.responses(root_dir, paths.parse_run(run)[0])}
 
 
 def analysis_models(config: dict[str, Any]) -> list[str]:
@@ -105,15 +124,15 @@ def analysis_models(config: dict[str, Any]) -> list[str]:
 
 def responses_spec(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The response-sampling settings of a model (builtin vs pretrained)."""
-    kind = "builtin" if config["models"][model]["source"] == "builtin" else "pretrained"
+    kind = "builtin" if is_builtin(config["models"][model]) else "pretrained"
     return config["analysis"]["responses"][kind]
 
 
 def responses_inputs(config: dict[str, Any], root_dir: str, model: str) -> dict[str, str]:
     spec = responses_spec(config, model)
-    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    inputs = {"model": paths.model_dir(root_dir, model)}
     if spec["task"] == "countdown":
-        inputs["data"] = f"{root_dir}/data/countdown/{spec['split']}.jsonl"
+        inputs["data"] = paths.countdown_data(root_dir, spec["split"])
     return inputs
 
 
@@ -126,16 +145,17 @@ def rl_runs(config: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 def rl_inputs(config: dict[str, Any], root_dir: str, model: str, method: str) -> dict[str, str]:
     rl = config["rl"]
-    inputs = {"model": f"{root_dir}/models/{model}/model"}
+    inputs = {"model": paths.model_dir(root_dir, model)}
     if rl["task"] == "countdown":
-        inputs["data"] = f"{root_dir}/data/countdown/{rl['split']}.jsonl"
+        inputs["data"] = paths.countdown_data(root_dir, rl["split"])
     if method.startswith("bupo") and rl["bupo_layer"] == "boundary":
-        inputs["boundary"] = f"{root_dir}/decomposition/{model}/boundary.json"
+        inputs["boundary"] = paths.analysis(root_dir, "decomposition", "boundary", model)
     return inputs
 
 
 def rl_evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
-    return [f"{root_dir}/rl/{m}/{meth}/seed{s}/eval/{b}/summary.json"
+    """The evaluation summaries of every trained checkpoint (sampling seed = its seed)."""
+    return [paths.evaluation(root_dir, "summary", paths.run(m, meth, s), b, s)
             for m, meth, s in rl_runs(config) for b in config["rl"]["evaluate"]]
 
 
@@ -162,6 +182,68 @@ def resources(config: dict[str, Any], rule: str) -> dict[str, int]:
     ``snakemake --resources gpu=N`` limits locally."""
     r = rule_resources(config, rule)
     return {"mem_mb": int(r["mem_mb"]), "runtime": int(r["runtime"]), "gpu": int(r["gpu"])}
+
+
+# Rules whose jobs run on a base model or a trained checkpoint (wildcard ``{run}``): a
+# trained checkpoint's job takes the config's ``resources.<rule>_trained``.
+RUN_RULES = ("evaluate", "decomposition", "attention")
+CONDA_ENV = "../envs/pipeline.yaml"  # relative to workflow/rules/, where the rules live
+
+
+def resource_key(rule: str, run: str | None = None) -> str:
+    """The ``resources:`` entry of a job: the rule's, or ``<rule>_trained`` for the job of a
+    rule of :data:`RUN_RULES` on a trained checkpoint."""
+    if rule in RUN_RULES and run is not None and paths.is_trained(run):
+        return f"{rule}_trained"
+    return rule
+
+
+def resource_keys() -> list[str]:
+    """The ``resources:`` entries besides the rule names (the trained-checkpoint jobs)."""
+    return [f"{rule}_trained" for rule in RUN_RULES]
+
+
+class Common:
+    """What every rule repeats, from its name and the wildcard parts of its log::
+
+        C = pw.Common(config, "evaluate", "{run}", "{benchmark}", "seed{seed}")
+
+        rule evaluate:
+            params: job=C.job
+            threads: C.threads
+            resources: **C.resources
+            log: C.log
+            conda: C.conda
+
+    ``threads`` and ``resources`` come from the config (:func:`threads`,
+    :func:`resources`; per job for :data:`RUN_RULES`, :func:`resource_key`), the log is
+    :func:`pipeline.paths.log`, ``job`` is the MLflow job description (:func:`job`)."""
+
+    conda = CONDA_ENV
+
+    def __init__(self, config: dict[str, Any], rule: str, *log_parts: str) -> None:
+        self.config, self.rule = config, rule
+        self.log = paths.log(paths.root(config), rule, *log_parts)
+
+    @property
+    def job(self) -> Callable[[Any], str]:
+        return lambda wildcards: job(self.config, self.rule, wildcards)
+
+    @property
+    def threads(self) -> int | Callable[[Any], int]:
+        if self.rule not in RUN_RULES:
+            return threads(self.config, self.rule)
+        return lambda wildcards: threads(self.config, resource_key(self.rule, wildcards.run))
+
+    @property
+    def resources(self) -> dict[str, int | Callable[[Any], int]]:
+        if self.rule not in RUN_RULES:
+            return resources(self.config, self.rule)
+        return {name: self._per_run(name) for name in ("mem_mb", "runtime", "gpu")}
+
+    def _per_run(self, name: str) -> Callable[[Any], int]:
+        rule, config = self.rule, self.config
+        return lambda wildcards: resources(config, resource_key(rule, wildcards.run))[name]
 
 
 def accelerate_config(config: dict[str, Any]) -> str:
@@ -214,6 +296,6 @@ def compare_spec(config: dict[str, Any]) -> dict[str, Any]:
 
 def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
     """The files ``pipeline compare`` reads (named lists, for ``input:``)."""
-    from pipeline.comparison import manifest, manifest_paths
+    from pipeline.comparison.stage import manifest, manifest_paths
 
     return manifest_paths(manifest(compare_spec(config), root_dir))

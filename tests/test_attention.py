@@ -1,4 +1,4 @@
-"""pipeline.attention (methods.md §3) against a brute-force reference built from the full
+"""pipeline.attention (docs/methods.md §3) against a brute-force reference built from the full
 eager ``output_attentions`` maps, on tiny random Qwen3/Llama models with GQA/MQA."""
 
 from __future__ import annotations
@@ -441,3 +441,28 @@ def test_alignment_with_logprobs(tiny_model, pad):
         if t_star + 1 < ids.shape[1] and rm[b, t_star + 1]:
             assert g1[b, t_star + 1] == 1.5
         assert g1[b, t_star] == (1.5 if t_star - 1 in anchors else 1.0)
+
+
+def test_rhythm_name_is_the_function_and_the_module_stays_reachable():
+    """The package binds ``rhythm`` to the function last, over the submodule of the same
+    name (WAAD, FAI, token classes); the module is still importable by its full name."""
+    import importlib
+    import sys
+    import types
+
+    import pipeline.attention
+    from pipeline.attention import metrics
+    from pipeline.attention import rhythm as from_package
+
+    module = importlib.import_module("pipeline.attention.rhythm")
+    assert isinstance(module, types.ModuleType) and module.__name__ == "pipeline.attention.rhythm"
+    assert sys.modules["pipeline.attention.rhythm"] is module
+    assert from_package is metrics.rhythm and pipeline.attention.rhythm is metrics.rhythm
+    assert callable(pipeline.attention.rhythm) and not isinstance(from_package, types.ModuleType)
+    from pipeline.attention.rhythm import fai, token_classes, top_mask, waad
+
+    assert {f.__module__ for f in (fai, token_classes, top_mask, waad)} == {module.__name__}
+    # importing the module again does not rebind the package attribute
+    importlib.import_module("pipeline.attention.rhythm")
+    exec("import pipeline.attention.rhythm", {})
+    assert pipeline.attention.rhythm is metrics.rhythm

@@ -1,4 +1,4 @@
-"""The attention-rhythm stage (pipeline/attention/stage.py, methods.md §3): tables against a
+"""The attention-rhythm stage (pipeline/attention/stage.py, docs/methods.md §3): tables against a
 direct ``rhythm`` call, entropies against a naive full softmax, summary statistics by
 hand (the permutation baseline by enumeration), figures render."""
 
@@ -201,3 +201,17 @@ def test_figures_render(deep_model, char_tokenizer, tmp_path):
     _png(fig, tmp_path / "trace_full.png")
     both = pd.concat([heads, heads.assign(model="other")])
     _png(st.head_distance_figure(both), tmp_path / "dist.png")
+
+
+def test_defaults_come_from_the_config_schema():
+    """The stage defaults are the schema's (one place), and the schema's agree with the
+    keyword defaults of the public ``rhythm`` function."""
+    import inspect
+
+    from pipeline.config import schema_defaults
+
+    schema = schema_defaults("analysis", "attention")
+    assert {**schema, "chunk_size": None} == st.DEFAULT_SPEC
+    params = inspect.signature(rhythm).parameters
+    for key in st.RHYTHM_KEYS:
+        assert params[key].default == st.DEFAULT_SPEC[key], key

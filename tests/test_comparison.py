@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from scipy import stats
 import pipeline.workflow as pw
 from pipeline import comparison as cmp
 from pipeline import config as cfg
+from pipeline import paths
 from pipeline.evaluation.run import summarize
 
 # --------------------------------------------------------------------------- intervals
@@ -183,23 +186,46 @@ def test_manifest_lists_every_run():
     assert len(man["evaluations"]) == 2 + 1 + 2 * 2
     assert len(man["histories"]) == 4
     assert len(man["analyses"]) == 2 * (1 + 4)  # per analysis: base a + 4 trained runs
-    paths = pw.compare_inputs(config, "R")
-    assert "R/eval/a/countdown/seed1/summary.json" in paths["evals"]
-    assert "R/eval/b/countdown/seed0/summary.json" in paths["evals"]
-    assert "R/eval/b/countdown/seed1/summary.json" not in paths["evals"]
-    assert "R/rl/a/bupo/seed1/eval/countdown/samples.parquet" in paths["samples"]
-    assert "R/rl/a/grpo/seed0/history.json" in paths["histories"]
-    assert "R/decomposition/a/entropies.parquet" in paths["analyses"]
-    assert "R/rl/a/bupo/seed0/attention/tokens.parquet" in paths["analyses"]
+    inputs = pw.compare_inputs(config, "R")
+    assert "R/eval/a/countdown/seed1/summary.json" in inputs["evals"]
+    assert "R/eval/b/countdown/seed0/summary.json" in inputs["evals"]
+    assert "R/eval/b/countdown/seed1/summary.json" not in inputs["evals"]
+    assert "R/eval/a/bupo/seed1/countdown/seed1/samples.parquet" in inputs["samples"]
+    assert "R/rl/a/grpo/seed0/history.json" in inputs["histories"]
+    assert "R/decomposition/a/entropies.parquet" in inputs["analyses"]
+    assert "R/attention/a/bupo/seed0/tokens.parquet" in inputs["analyses"]
+    # the DAG makes exactly these files: base and trained evaluations, the analyses
+    targets = set(pw.evaluation_targets(config, "R") + pw.rl_evaluation_targets(config, "R"))
+    assert set(inputs["evals"]) == targets
     # no RL jobs: only the base evaluations
     none = cfg.validate({**copy.deepcopy(SMOKE_LIKE), "rl": {"models": ["a"], "methods": []}})
     man = cmp.manifest(pw.compare_spec(none), "R")
     assert len(man["evaluations"]) == 2 and not man["histories"] and not man["analyses"]
 
 
+def test_runs_and_their_paths():
+    """A run is a base model or a trained checkpoint; the base models keep their paths."""
+    assert paths.run("m") == "m"
+    assert paths.run("m", "bupo+rhythm_coupled", 2) == "m/bupo+rhythm_coupled/seed2"
+    assert paths.parse_run("m/grpo/seed2") == ("m", "grpo", 2)
+    assert paths.parse_run("m") == ("m", None, None)
+    assert paths.run_name("m/grpo/seed2") == "m+grpo" and paths.run_name("m") == "m"
+    rx = re.compile(paths.run_constraint(pw.alternatives(["m", "m.2"]), r"[A-Za-z0-9_+]+"))
+    assert all(rx.fullmatch(r) for r in ("m", "m.2", "m/grpo/seed2", "m.2/bupo+x/seed10"))
+    assert not any(rx.fullmatch(r) for r in ("mx2", "x/grpo/seed1", "m/grpo", "m/a/b/seed1"))
+    assert paths.evaluation("R", "table", "m", "countdown", 0) == \
+        "R/eval/m/countdown/seed0/samples.parquet"
+    assert paths.evaluation("R") == "R/eval/{run}/{benchmark}/seed{seed}/summary.json"
+    assert paths.analysis("R", "decomposition", "per_layer", "m") == \
+        "R/decomposition/m/per_layer.csv"
+    assert paths.run_model_dir("R", "m") == "R/models/m/model"
+    assert paths.run_model_dir("R", "m/grpo/seed2") == "R/rl/m/grpo/seed2/model"
+    assert paths.log("R", "compare") == "R/logs/compare.log"
+
+
 # --------------------------------------------------------------------------- the stage
-def _write_eval(root, rel, name, seed, correct_sample, correct_greedy):
-    d = root / rel
+def _write_eval(root, run, name, seed, correct_sample, correct_greedy):
+    d = Path(paths.evaluation_dir(str(root), run, "countdown", seed))
     d.mkdir(parents=True)
     table = _samples(correct_sample, correct_greedy, len(correct_sample[0]))
     table.to_parquet(d / "samples.parquet")
@@ -215,25 +241,24 @@ def test_run_comparison_on_fixture_files(tmp_path):
             "rl": {"models": ["a"], "methods": ["grpo", "bupo"], "evaluate": ["countdown"]},
             "baseline": "grpo", "before_after": ["attention"]}
     for s in (0, 1):
-        _write_eval(root, f"eval/a/countdown/seed{s}", "a", s,
+        _write_eval(root, "a", "a", s,
                     rng.integers(0, 2, (6, 2)).tolist(), rng.integers(0, 2, 6).tolist())
         for meth in ("grpo", "bupo"):
-            run = root / "rl" / "a" / meth / f"seed{s}"
-            _write_eval(root, f"rl/a/{meth}/seed{s}/eval/countdown", f"a+{meth}", s,
+            _write_eval(root, paths.run("a", meth, s), f"a+{meth}", s,
                         rng.integers(0, 2, (6, 2)).tolist(), rng.integers(0, 2, 6).tolist())
-            (run / "history.json").write_text(json.dumps([
+            history = Path(paths.rl(str(root), "history", "a", meth, s))
+            history.parent.mkdir(parents=True)
+            history.write_text(json.dumps([
                 {"step": t, "reward_mean": 0.1 * t, "entropy": 1.0 - 0.1 * t,
                  "response_length": 10 + t} for t in (1, 2, 3)]))
     tokens = lambda shift: pd.DataFrame({  # noqa: E731
         "sample": [0, 0, 1, 1, 2, 2], "waad": np.arange(6.0) + shift, "fai": 0.01,
         "dominated": [True, False] * 3, "entropy": 2.0 + shift})
-    (root / "attention" / "a").mkdir(parents=True)
-    tokens(0).to_parquet(root / "attention" / "a" / "tokens.parquet")
-    for meth in ("grpo", "bupo"):
-        for s in (0, 1):
-            d = root / "rl" / "a" / meth / f"seed{s}" / "attention"
-            d.mkdir(parents=True)
-            tokens(0.5 + s).to_parquet(d / "tokens.parquet")
+    for run, shift in [("a", 0), *((paths.run("a", m, s), 0.5 + s)
+                                    for m in ("grpo", "bupo") for s in (0, 1))]:
+        table = Path(paths.analysis(str(root), "attention", "tokens", run))
+        table.parent.mkdir(parents=True)
+        tokens(shift).to_parquet(table)
     out = tmp_path / "out"
     summary = cmp.run_comparison(spec, root, out)
     for name in cmp.OUTPUTS.values():

@@ -153,3 +153,41 @@ def test_base_evaluation_seeds_follow_the_rl_comparison():
     assert base == targets
     config["rl"]["methods"] = []
     assert pw.evaluation_seeds(config, "qwen3-tiny", "countdown") == [0]
+
+
+def test_schema_defaults_are_what_validation_fills():
+    config = cfg.validate(copy.deepcopy(MINIMAL))
+    assert cfg.schema_defaults("analysis", "attention") == config["analysis"]["attention"]
+    assert cfg.schema_defaults("analysis", "responses") == config["analysis"]["responses"]
+    assert cfg.schema_defaults("rl") == config["rl"]
+
+
+def test_one_cache_variable(monkeypatch, tmp_path):
+    """config ``cache_dir`` > $PIPELINE_CACHE > $PIPELINE_DATA_CACHE (deprecated, warns) >
+    ~/.cache/reasoning-inside; the DAG exports the result as $PIPELINE_CACHE."""
+    from pipeline import workflow as pw
+
+    monkeypatch.delenv(cfg.CACHE_ENV, raising=False)
+    monkeypatch.delenv(cfg.DEPRECATED_CACHE_ENV, raising=False)
+    home = Path.home() / ".cache" / "reasoning-inside"
+    assert cfg.cache_dir() == home and cfg.cache_dir(None) == home
+    assert cfg.cache_dir(str(tmp_path / "cfg")) == tmp_path / "cfg"
+    monkeypatch.setenv(cfg.DEPRECATED_CACHE_ENV, str(tmp_path / "old"))
+    with pytest.warns(FutureWarning, match="PIPELINE_DATA_CACHE is deprecated"):
+        assert cfg.cache_dir() == tmp_path / "old"
+    monkeypatch.setenv(cfg.CACHE_ENV, str(tmp_path / "new"))
+    assert cfg.cache_dir() == tmp_path / "new"
+    config = cfg.validate(copy.deepcopy(MINIMAL))
+    assert pw.cache_dir(config) == str(tmp_path / "new")
+    config["cache_dir"] = str(tmp_path / "cfg")
+    assert pw.cache_dir(config) == str(tmp_path / "cfg")
+
+
+def test_builtin_and_prompt_style_are_decided_by_the_source():
+    config = cfg.validate(copy.deepcopy(MINIMAL))
+    assert cfg.is_builtin(config["models"]["m"])
+    assert not cfg.is_builtin({"source": "hub"}) and not cfg.is_builtin({"source": "gguf"})
+    assert cfg.resolve_prompt_style("auto", "builtin") == "builtin"
+    assert cfg.resolve_prompt_style("auto", "gguf") == "chat"
+    assert cfg.resolve_prompt_style("auto", "hub") == "chat"
+    assert cfg.resolve_prompt_style("chat_example", "builtin") == "chat_example"

@@ -5,6 +5,7 @@ models and carry the papers' hyperparameters."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,11 @@ def test_config_validates_and_dry_runs(name, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     assert "compare" in out  # the DAG ends with the comparison
-    if config["rl"]["models"] and config["rl"]["methods"]:
-        assert "decomposition_trained" in out and "evaluate_trained" in out
+    if config["rl"]["models"] and config["rl"]["methods"]:  # evaluate also on the checkpoints
+        from pipeline import workflow as pw
+
+        n = len(pw.evaluation_targets(config, "R")) + len(pw.rl_evaluation_targets(config, "R"))
+        assert re.search(rf"(?m)^evaluate\s+{n}$", out) and re.search(r"(?m)^train\s+\d", out)
     assert not (tmp_path / "results").exists()  # a dry run writes no outputs
 
 
@@ -42,7 +46,7 @@ def test_paper_configs_exist():
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_config_hyperparameters(name):
-    """methods.md §2/§3/§5: GRPO with 8 rollouts per prompt, lr 1e-6, clip 0.2/0.2, T=1,
+    """docs/methods.md §2/§3/§5: GRPO with 8 rollouts per prompt, lr 1e-6, clip 0.2/0.2, T=1,
     BuPO s_inter ≤ 30; AIME@32, MATH500@16, AMC23@16; several seeds; hub models."""
     config = cfg.load(ROOT / "config" / name)
     tr = config["rl"]["trainer"]

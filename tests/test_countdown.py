@@ -1,4 +1,4 @@
-"""Tests for pipeline.tasks.countdown (methods.md §5: Countdown reward, TinyZero protocol).
+"""Tests for pipeline.tasks.countdown (docs/methods.md §5: Countdown reward, TinyZero protocol).
 
 The reference implementations used here (expression trees, subset-partition reachability,
 step replay) are written independently of the module so that the tests can really fail.
@@ -660,7 +660,7 @@ def test_prompts() -> None:
 # ============================================================ 6. peer: reasoning-gym
 # reasoning-gym 0.1.25 scores with sympy ``parse_expr`` + ``float`` + ``np.isclose`` and takes
 # the used numbers from the regex ``\b\d+\b``. Legitimate disagreement classes, where our
-# verifier is stricter or differently lenient BY DESIGN (methods.md §5: only + − × ÷ and
+# verifier is stricter or differently lenient BY DESIGN (docs/methods.md §5: only + − × ÷ and
 # parentheses, exact rational arithmetic):
 #   unary       rg accepts unary +/- (sympy); we reject (TinyZero grammar has none). This
 #               includes some of rg's own reference answers, e.g. "-2 + (8 - 3)/1".

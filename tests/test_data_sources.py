@@ -17,9 +17,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pipeline.data import build_facts
+from pipeline.data import DataError, build_facts, load_source, parse_mcq_prompt
 from pipeline.data import sources as S
-from pipeline.data.sources import DataError, load_source, parse_mcq_prompt
 
 EVALS = ("evals", "3.0.1.post1")
 
@@ -130,10 +129,17 @@ def test_bad_arguments(tmp_path):
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "c"))
-    assert S.default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("PIPELINE_DATA_CACHE")
+    """One cache variable, $PIPELINE_CACHE; the old $PIPELINE_DATA_CACHE still counts, with a
+    deprecation warning, when the new one is not set."""
+    monkeypatch.delenv("PIPELINE_CACHE", raising=False)
+    monkeypatch.delenv("PIPELINE_DATA_CACHE", raising=False)
     assert S.default_cache_dir() == Path.home() / ".cache" / "reasoning-inside"
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("PIPELINE_DATA_CACHE", str(tmp_path / "old"))
+    assert S.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("PIPELINE_CACHE")
+    with pytest.warns(FutureWarning, match="PIPELINE_DATA_CACHE is deprecated"):
+        assert S.default_cache_dir() == tmp_path / "old"
 
 
 # --- registry members (fake wheel) ----------------------------------------------------------
@@ -435,7 +441,7 @@ def test_fact_files_match_the_generator():
 @pytest.mark.skipif(os.environ.get("PIPELINE_REAL_DATA") != "1",
                     reason="set PIPELINE_REAL_DATA=1 (downloads the 46 MB evals wheel)")
 def test_real_evals_sources(tmp_path):
-    cache = os.environ.get("PIPELINE_DATA_CACHE") or tmp_path
+    cache = os.environ.get("PIPELINE_CACHE") or tmp_path
     expected = {"wikipedia": 1000, "openwebtext": 1000, "mmlu": 1000, "aime": 15}
     for name, count in expected.items():
         t0 = time.time()

@@ -1,4 +1,4 @@
-"""Internal-policy decomposition (methods.md §1) against naive full-vocabulary references.
+"""Internal-policy decomposition (docs/methods.md §1) against naive full-vocabulary references.
 
 The reference recomputes every block by calling its submodules by hand on HF's
 ``output_hidden_states``, materialises full [T, V] logits and takes −Σ p log p in fp64.

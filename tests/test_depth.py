@@ -1,4 +1,4 @@
-"""Depth analysis (methods.md §4) against brute-force references.
+"""Depth analysis (docs/methods.md §4) against brute-force references.
 
 References run each prompt unpadded through the full model with ``output_hidden_states``
 (HF's last entry is post-norm, so the raw h[L] is read with a hook on the last block and

@@ -1,4 +1,4 @@
-"""The POS prompt set of the depth stage (methods.md §4 case study i): spaCy UPOS tags, the
+"""The POS prompt set of the depth stage (docs/methods.md §4 case study i): spaCy UPOS tags, the
 first word of each tag, token-id prompts that share the passage's prefix, and the
 multi-position, correct-only read-out against one-prompt-at-a-time references."""
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.tasks.math (methods.md §5: last \\boxed{}, symbolic + strict verify)."""
+"""Tests for pipeline.tasks.math (docs/methods.md §5: last \\boxed{}, symbolic + strict verify)."""
 
 from __future__ import annotations
 

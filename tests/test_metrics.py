@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluation metrics (methods.md §5: pass@k, avg@k, CIs)."""
+"""Tests for pipeline.evaluation metrics (docs/methods.md §5: pass@k, avg@k, CIs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Resources from the config on every rule, the train launcher (one process or
+"""Resources from the config on every rule (through pipeline.workflow.Common; a trained
+checkpoint's job takes resources.<rule>_trained), the train launcher (one process or
 `accelerate launch`), and the Slurm profiles."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -30,14 +32,67 @@ def _rules() -> dict[str, str]:
     return rules
 
 
+def _common_of_rules() -> dict[str, str | None]:
+    """rule name -> the rule name of the last `C = pw.Common(config, "<name>", ...)` above
+    it in its file (None where there is none)."""
+    out = {}
+    for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        last = None
+        for m in re.finditer(r'(?m)^C = pw\.Common\(config, "(\w+)"|^rule (\w+):$',
+                             path.read_text()):
+            if m[1]:
+                last = m[1]
+            else:
+                out[m[2]] = last
+    return out
+
+
+def _resource_keys() -> list[str]:
+    """The config's resources entries: the rules and their trained-checkpoint jobs."""
+    return [*_rules(), *pw.resource_keys()]
+
+
 def test_every_rule_takes_its_resources_from_the_config():
-    rules = _rules()
+    rules, common = _rules(), _common_of_rules()
     schema = cfg.load_schema()["properties"]["resources"]["properties"]
-    assert set(schema) == {"default", *rules}  # a new rule needs its schema entry
+    assert set(schema) == {"default", *_resource_keys()}  # a new rule needs its schema entry
+    assert set(pw.RUN_RULES) <= set(rules)
     for name, body in rules.items():
-        assert f'threads: pw.threads(config, "{name}")' in body, name
-        assert f'**pw.resources(config, "{name}")' in body, name
+        if common[name] is not None:  # threads, resources, log, conda, job from pw.Common
+            assert common[name] == name, name
+            for line in ("threads: C.threads", "**C.resources,", "C.log,", "C.conda",
+                         "job=C.job,"):
+                assert line in body, (name, line)
+        else:
+            assert f'threads: pw.threads(config, "{name}")' in body, name
+            assert f'**pw.resources(config, "{name}")' in body, name
         assert not re.search(r"mem_mb\s*=|threads:\s*\d", body), name
+
+
+def test_trained_checkpoint_jobs_take_their_own_resources():
+    """evaluate, decomposition and attention on a trained checkpoint (run
+    <model>/<method>/seed<s>) ask for resources.<rule>_trained, on a base model for the
+    rule's own."""
+    config = cfg.validate({**copy.deepcopy(MINIMAL), "resources": {
+        "evaluate": {"threads": 4, "gpu": 1}, "evaluate_trained": {"threads": 1, "mem_mb": 9}}})
+    c = pw.Common(config, "evaluate", "{run}", "{benchmark}", "seed{seed}")
+    base, trained = SimpleNamespace(run="m"), SimpleNamespace(run="m/grpo/seed3")
+    assert (c.threads(base), c.threads(trained)) == (4, 1)
+    assert {k: f(base) for k, f in c.resources.items()} == {"mem_mb": 4000, "runtime": 60,
+                                                          "gpu": 1}
+    assert {k: f(trained) for k, f in c.resources.items()} == {"mem_mb": 9, "runtime": 60,
+                                                             "gpu": 0}
+    assert c.log == "results/x/logs/evaluate/{run}-{benchmark}-seed{seed}.log"
+    assert c.conda == "../envs/pipeline.yaml" and (ROOT / "workflow" / "rules" / c.conda).exists()
+    # a base model's MLflow job reads as before runs had a wildcard; a checkpoint's names
+    # its model and method
+    job = c.job(SimpleNamespace(items=lambda: {"run": "m", "seed": "0"}.items()))
+    assert job == '{"rule":"evaluate","wildcards":{"model":"m","seed":"0"}}'
+    job = c.job(SimpleNamespace(items=lambda: {"run": "m/grpo/seed3", "seed": "3"}.items()))
+    assert '"method":"grpo","model":"m","run":"m/grpo/seed3","seed":"3"' in job
+    train = pw.Common(config, "train", "{model}", "{method}", "seed{seed}")
+    assert train.threads == 2 and train.resources == {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+    assert train.log == "results/x/logs/train/{model}-{method}-seed{seed}.log"
 
 
 def test_defaults_and_overrides():
@@ -59,13 +114,13 @@ def test_default_config_keeps_the_local_dag():
     config = cfg.load(ROOT / "config" / "config.yaml")
     light = {"countdown_data", "decomposition_compare", "report_summary", "train", "provision",
              "evaluate_trained", "decomposition_trained", "attention_trained"}
-    for rule in _rules():
+    for rule in _resource_keys():
         assert pw.threads(config, rule) == (1 if rule in light else 2), rule
         assert pw.resources(config, rule)["gpu"] == 0
     assert pw.resources(config, "train")["mem_mb"] == 8000
     assert pw.resources(config, "decomposition")["mem_mb"] == 6000
     gpu = cfg.load(ROOT / "config" / "qwen3-4b.yaml")
-    assert {r for r in _rules() if pw.resources(gpu, r)["gpu"]} == {
+    assert {r for r in _resource_keys() if pw.resources(gpu, r)["gpu"]} == {
         "evaluate", "responses", "decomposition", "attention", "depth", "train",
         "evaluate_trained"}
 
@@ -151,6 +206,9 @@ def test_slurm_profiles(profile):
     assert conf["executor"] == "slurm"
     assert (ROOT / conf["configfile"]).exists()
     rules = set(_rules())
+    for path in (ROOT / "workflow" / "rules").glob("*.smk"):  # `use rule x as y` aliases
+        rules |= set(re.findall(r"(?m)^use rule \w+ as (\w+)", path.read_text()))
+    assert "depth_builtin" in rules
     assert set(conf.get("set-resources", {})) <= rules
     if profile == "slurm-local":
         assert conf["slurm-status-command"] == "squeue" and conf["slurm-no-account"] is True

@@ -1,5 +1,5 @@
 """Fast tests of pipeline.rl: advantages, the clipped surrogate, internal-policy log-probs
-and their gradients (IPA), γ alignment, the BuPO phase switch (methods.md §2, §3)."""
+and their gradients (IPA), γ alignment, the BuPO phase switch (docs/methods.md §2, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Peer test of our GRPO pieces against TRL's (issue 6, methods.md §2).
+"""Peer test of our GRPO pieces against TRL's (issue 6, docs/methods.md §2).
 
 TRL is a test dependency only (pinned in the ``test`` extra); the module is skipped
 without it. Everything runs TRL's own code paths on a tiny random model, on CPU:
@@ -16,7 +16,7 @@ Conventions (read in trl 1.16.0 ``grpo_trainer.py``; the tests pin them):
 
 * group std: both use the unbiased (Bessel) std (TRL's ``nanstd`` multiplies the
   population variance by n/(n−1)); but TRL divides by ``std + 1e-4`` and we by
-  ``std + 1e-6`` (methods.md §2). Equal to 1e-6 once our ``EPS`` is set to 1e-4; with
+  ``std + 1e-6`` (docs/methods.md §2). Equal to 1e-6 once our ``EPS`` is set to 1e-4; with
   the defaults the difference is ``|Â|·(1e-4 − 1e-6)/(std + 1e-4)`` (≈1.5e-4 for 0/1
   rewards in a group of 4).
 * token-mean: our ``policy_loss(num_tokens=N)`` (trainer: N = response tokens of the

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline import paths
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -92,11 +94,16 @@ def test_mlflow_runs_nested(smoke_run):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     rules = sorted(r.data.tags["rule"] for r in children)
+    # evaluate, decomposition, attention: on 2 base models and 2 trained checkpoints
     assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare",
                             "compare"]
-                           + 2 * ["evaluate", "provision", "responses", "decomposition",
-                                  "attention", "depth", "train", "evaluate_trained",
-                                  "decomposition_trained", "attention_trained"])
+                           + 2 * ["provision", "responses", "depth", "train"]
+                           + 4 * ["evaluate", "decomposition", "attention"])
+    for rule in ("evaluate", "decomposition", "attention"):
+        jobs = [r.data.tags for r in children if r.data.tags["rule"] == rule]
+        assert sorted(t.get("wc.method", "base") for t in jobs) == ["base", "base", "bupo",
+                                                                      "grpo"], rule
+        assert {t["wc.model"] for t in jobs} == {"llama-smoke", "qwen3-smoke"}, rule
     train = [r for r in children if r.data.tags["rule"] == "train"]
     assert {r.data.tags["wc.method"] for r in train} == {"grpo", "bupo"}
     assert all(len(client.get_metric_history(r.info.run_id, "reward_mean")) == 3
@@ -145,11 +152,9 @@ def test_comparison_outputs(smoke_run):
         ("qwen3-smoke", "base"), ("llama-smoke", "base"), ("qwen3-smoke", "grpo"),
         ("qwen3-smoke", "bupo")}
     for _, r in tidy[tidy["metric"] != "mean_response_tokens"].iterrows():
-        ev = (root / "eval" / r["model"] if r["method"] == "base"
-              else root / "rl" / r["model"] / r["method"] / "seed0" / "eval")
-        summary = json.loads((ev / "countdown" / "seed0" / "summary.json").read_text()
-                             if r["method"] == "base"
-                             else (ev / "countdown" / "summary.json").read_text())
+        run = paths.run(r["model"], None if r["method"] == "base" else r["method"], 0)
+        summary = json.loads(Path(paths.evaluation(str(root), "summary", run, "countdown",
+                                                   0)).read_text())
         assert r["value"] == pytest.approx(summary[r["metric"]])
         assert r["n_problems"] == 24
     comp = pd.read_csv(out / "comparison.csv")
@@ -167,11 +172,12 @@ def test_comparison_outputs(smoke_run):
     assert set(hist["method"]) == {"grpo", "bupo"} and hist["step"].max() == 3
     for fig in COMPARE_FIGURES:
         assert (out / "figures" / fig).stat().st_size > 5000, fig
+    base = pd.read_parquet(paths.analysis(str(root), "attention", "tokens", "qwen3-smoke"))
     for method in ("grpo", "bupo"):  # before/after analyses of the trained checkpoints
-        run = root / "rl" / "qwen3-smoke" / method / "seed0"
-        assert (run / "decomposition" / "per_layer.csv").exists()
-        tokens = pd.read_parquet(run / "attention" / "tokens.parquet")
-        base = pd.read_parquet(root / "attention" / "qwen3-smoke" / "tokens.parquet")
+        run = paths.run("qwen3-smoke", method, 0)
+        assert Path(paths.analysis(str(root), "decomposition", "per_layer", run)).exists()
+        assert Path(paths.analysis(str(root), "decomposition", "figures", run)).is_dir()
+        tokens = pd.read_parquet(paths.analysis(str(root), "attention", "tokens", run))
         assert tokens["token_id"].tolist() == base["token_id"].tolist()  # same responses
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline"] == "grpo" and summary["num_training_runs"] == 2

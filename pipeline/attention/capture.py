@@ -1,4 +1,4 @@
-"""Post-RoPE queries and keys of chosen decoder layers (methods.md §3).
+"""Post-RoPE queries and keys of chosen decoder layers (docs/methods.md §3).
 
 The ``q[l]`` / ``k[l]`` read points of the model-access runner
 (:func:`pipeline.model_access.run`): a pre-hook on each chosen layer's attention module
@@ -80,7 +80,8 @@ def find_attention_modules(
 
 
 def default_layers(n_layers: int, n: int = 5) -> list[int]:
-    """methods.md §3: ``n`` evenly spaced 0-based blocks from ⌊L/3⌋ to ⌊2L/3⌋ (deduplicated)."""
+    """docs/methods.md §3.2: ``n`` evenly spaced 0-based blocks from ⌊L/3⌋ to ⌊2L/3⌋
+    (deduplicated)."""
     lo, hi = n_layers // 3, min((2 * n_layers) // 3, n_layers - 1)
     if n == 1 or hi == lo:
         return [lo]

@@ -1,4 +1,4 @@
-"""Token credit weights γ for the shaped advantage ``Ã_t = γ_t·Â_t`` (methods.md §3).
+"""Token credit weights γ for the shaped advantage ``Ã_t = γ_t·Â_t`` (docs/methods.md §3).
 
 Alignment — which entry multiplies which log-prob:
 
@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pipeline.attention.metrics import Rhythm, top_count, top_mask
+from pipeline.attention.metrics import Rhythm
+from pipeline.attention.rhythm import top_count, top_mask
 
 METHODS = ("local", "global", "coupled", "random", "entropy")
 
@@ -50,7 +51,7 @@ def credit_weights(
     generator: torch.Generator | None = None,
     seed: int | None = None,
 ) -> Tensor:
-    """γ ``[B, T]`` fp32, detached, 1 outside the response (methods.md §3):
+    """γ ``[B, T]`` fp32, detached, 1 outside the response (docs/methods.md §3):
 
     - ``local``:   ``1 + (γ_amp−1)·1[t ∈ T_loc]``
     - ``global``:  ``1 + (γ_amp−1)·1[t ∈ T_glob]``

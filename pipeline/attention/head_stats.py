@@ -1,4 +1,4 @@
-"""Per-head attention statistics from q/k in query-row chunks (methods.md §3, Memory).
+"""Per-head attention statistics from q/k in query-row chunks (docs/methods.md §3.11 Memory).
 
 Never materialises a full ``[H, N, N]`` map: for each chunk of query rows
 ``[t0, t1)`` it recomputes ``A = softmax(q kᵀ · scaling)`` in fp32 over keys ``[0, t1)``
@@ -21,6 +21,7 @@ caller).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,18 +72,11 @@ def exp_scores(
     return scores.sub_(scores.amax(-1, keepdim=True)).exp_()
 
 
-def attention_rows(
-    q: Tensor,
-    k: Tensor,
-    key_mask: Tensor,
-    t0: int,
-    t1: int,
-    *,
-    scaling: float,
-    sliding_window: int | None = None,
-) -> Tensor:
-    """Attention probabilities ``A[t, s]`` of rows ``[t0, t1)`` (see :func:`exp_scores`)."""
-    e = exp_scores(q, k, key_mask, t0, t1, scaling=scaling, sliding_window=sliding_window)
+def attention_rows(q: Tensor, k: Tensor, key_mask: Tensor, t0: int, t1: int,
+                   **kwargs: Any) -> Tensor:
+    """Attention probabilities ``A[t, s]`` of rows ``[t0, t1)``: :func:`exp_scores` (same
+    arguments, ``scaling`` and ``sliding_window`` by keyword) normalised per row."""
+    e = exp_scores(q, k, key_mask, t0, t1, **kwargs)
     return e.div_(e.sum(-1, keepdim=True))
 
 
@@ -100,7 +94,7 @@ def head_stats(
     sliding_window: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> HeadStats:
-    """Chunked reductions for one layer (methods.md §3). ``row_mask [B, T]`` bool marks the
+    """Chunked reductions for one layer (docs/methods.md §3). ``row_mask [B, T]`` bool marks the
     query rows ``R`` (response tokens); ``chunk_size=None`` sizes chunks so one fp32 score
     block ``[B, H, chunk, N]`` stays under ``chunk_bytes``. The block is never normalised:
     one skinny matmul ``E @ [1, s]`` gives the row sums ``Z`` and ``Σ_s E·s`` together, and

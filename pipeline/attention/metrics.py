@@ -1,31 +1,28 @@
-"""Attention rhythm: head groups, WAAD, FAI, preplan/anchor tokens (methods.md §3).
+"""Attention rhythm of a batch (docs/methods.md §3): capture, head groups, the :class:`Rhythm`.
+
+The batch entry point :func:`rhythm` and its result :class:`Rhythm`: one early-stopped
+forward captures q/k of the chosen layers (:mod:`.capture`), :mod:`.head_stats` reduces
+each layer's attention per head, the heads are grouped by distance here, and
+:mod:`pipeline.attention.rhythm` (the module) turns the group means into WAAD, FAI, Δ and
+the token classes. (The function keeps the public name ``rhythm``; the package binds it
+over the module of the same name.)
 
 Index convention (alignment): every ``[B, T]`` field is indexed by the attention **row**
 ``t``, i.e. the query position whose *input* token is ``input_ids[:, t]`` ("the literal
-reading" of methods.md §3). ``fai[:, s]`` is the influence of key position ``s`` (also the
+reading" of docs/methods.md §3). ``fai[:, s]`` is the influence of key position ``s`` (also the
 token ``input_ids[:, s]``). :func:`pipeline.attention.credit_weights` maps rows to the
 tokens whose log-probs get the weights (``shift``).
 
-Choices on the (open) points, all keyword arguments:
-
-- Head groups (``group_scope``): ``"pooled"`` (default) ranks the ``n_layers·H`` heads of
-  the chosen layers together, per sequence; ``"per_layer"`` ranks within each layer.
-  Either way ``Ā_loc`` / ``Ā_glob`` is the plain mean of the maps of all selected heads
-  (with ``"per_layer"`` equal to the mean over layers of per-layer group means).
-  Group size ``round(head_frac · n)`` (half up, at least 1).
-- Token sets: ``round(top_frac · |R|)`` response tokens (half up, at least 1 when
-  ``|R| > 0``); ties are broken towards the earlier position.
-- ``fai_empty``: FAI of a response token with empty ``T(s)`` (default 0.0; NaN ranks last).
-- ``Δ_t = |WAAD_t − WAAD_{t+1}|`` when ``t+1`` is a response token, else 0.
-- Dominated anchors: ``tau_waad`` / ``tau_delta`` default (None) to the medians of WAAD /
-  Δ over the response (``torch.quantile(·, 0.5)``, mean of the two middles); the window
-  ``[t−k, t−1]`` only counts response tokens; an anchor with no such token is not
-  dominated. ``intro(t)`` = argmax of Δ there, ties → the earliest ``u``.
+Head groups (``group_scope``): ``"pooled"`` (default) ranks the ``n_layers·H`` heads of
+the chosen layers together, per sequence; ``"per_layer"`` ranks within each layer.
+Either way ``Ā_loc`` / ``Ā_glob`` is the plain mean of the maps of all selected heads
+(with ``"per_layer"`` equal to the mean over layers of per-layer group means). Group size
+``round(head_frac · n)`` (half up, at least 1). The token-level choices (token sets,
+``fai_empty``, Δ, dominated anchors) are listed in :mod:`pipeline.attention.rhythm`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +32,10 @@ from torch import Tensor, nn
 
 from pipeline.attention.capture import DEFAULT_ATTN_PATTERN, run_capture, sliding_window_of
 from pipeline.attention.head_stats import DEFAULT_CHUNK_BYTES, HeadStats, head_stats
+from pipeline.attention.rhythm import delta as token_delta
+from pipeline.attention.rhythm import fai as token_fai
+from pipeline.attention.rhythm import token_classes, top_count
+from pipeline.attention.rhythm import waad as token_waad
 
 GROUP_SCOPES = ("pooled", "per_layer")
 
@@ -58,28 +59,6 @@ class Rhythm:
     response_mask: Tensor  # bool [B, T]: the rows R the metrics were computed on
     top_frac: float
     params: dict[str, Any] = field(default_factory=dict)
-
-
-def top_count(frac: float, n: int) -> int:
-    """``round(frac·n)`` half up, at least 1 when ``frac > 0`` and ``n > 0``, at most n."""
-    if n <= 0 or frac <= 0:
-        return 0
-    return min(n, max(1, math.floor(frac * n + 0.5)))
-
-
-def top_mask(values: Tensor, mask: Tensor, frac: float) -> Tensor:
-    """Per row, the top ``top_count(frac, mask.sum())`` positions of ``values`` among
-    ``mask`` (NaN lowest; ties → earlier position). bool, same shape as ``values``."""
-    out = torch.zeros_like(mask, dtype=torch.bool)
-    for b in range(values.shape[0]):
-        pos = mask[b].nonzero().flatten()
-        n = top_count(frac, pos.numel())
-        if n == 0:
-            continue
-        vals = values[b, pos].float().nan_to_num(nan=-math.inf)
-        order = torch.sort(vals, descending=True, stable=True).indices[:n]
-        out[b, pos[order]] = True
-    return out
 
 
 def check_masks(input_ids: Tensor, response_mask: Tensor, attention_mask: Tensor) -> None:
@@ -118,70 +97,6 @@ def _groups(d: Tensor, frac: float, scope: str, valid: Tensor) -> tuple[Tensor, 
     return loc.reshape(b, n_layers, h), glob.reshape(b, n_layers, h)
 
 
-def _group_mean(per_head: Tensor, heads: Tensor) -> Tensor:
-    """Mean over selected heads: ``per_head [B, nL, H, T]``, ``heads`` bool ``[B, nL, H]``."""
-    w = heads.float()
-    return (per_head * w[..., None]).sum((1, 2)) / w.sum((1, 2)).clamp(min=1)[:, None]
-
-
-def _fai_counts(rm: Tensor, h_lo: int, h_hi: int) -> Tensor:
-    """``|T(s)| = #{t ∈ R : s+H_lo ≤ t ≤ s+H_hi}`` for every s, ``[B, T]``."""
-    b, t = rm.shape
-    c = torch.cat([torch.zeros(b, 1, device=rm.device), rm.float().cumsum(-1)], -1)
-    s = torch.arange(t, device=rm.device)
-    hi = (s + h_hi + 1).clamp(max=t)
-    lo = (s + h_lo).clamp(max=t)
-    return c[:, hi] - c[:, lo]
-
-
-def _delta(waad: Tensor, rm: Tensor) -> Tensor:
-    nxt = torch.zeros_like(waad)
-    nxt_ok = torch.zeros_like(rm)
-    nxt[:, :-1], nxt_ok[:, :-1] = waad[:, 1:], rm[:, 1:]
-    delta = torch.where(nxt_ok, (waad - nxt).abs(), torch.zeros_like(waad))
-    return torch.where(rm, delta, torch.full_like(waad, math.nan))
-
-
-def _tau(x: Tensor, rm: Tensor, tau: float | None) -> Tensor:
-    if tau is not None:
-        return torch.full((x.shape[0],), float(tau), device=x.device)
-    out = torch.full((x.shape[0],), math.nan, device=x.device)
-    for b in range(x.shape[0]):
-        if rm[b].any():
-            out[b] = torch.quantile(x[b, rm[b]], 0.5)
-    return out
-
-
-def _dominated(
-    anchor: Tensor,
-    waad: Tensor,
-    delta: Tensor,
-    rm: Tensor,
-    k: int,
-    tau_waad: float | None,
-    tau_delta: float | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Locally dominated anchors D, ``intro_of`` (−1 outside D) and the intro set."""
-    b, t = delta.shape
-    filled = torch.where(rm, delta, torch.full_like(delta, -math.inf))
-    best = torch.full_like(delta, -math.inf)
-    arg = torch.full((b, t), -1, dtype=torch.long, device=delta.device)
-    pos = torch.arange(t, device=delta.device)[None].expand(b, t)
-    for j in range(k, 0, -1):  # u = t−j, earliest first so ties keep the earliest u
-        prev = torch.full_like(delta, -math.inf)
-        prev[:, j:] = filled[:, :-j]
-        better = prev > best
-        best = torch.where(better, prev, best)
-        arg = torch.where(better, pos - j, arg)
-    tw, td = _tau(waad, rm, tau_waad), _tau(delta, rm, tau_delta)
-    dom = anchor & (arg >= 0) & (waad <= tw[:, None]) & (best >= td[:, None])
-    intro_of = torch.where(dom, arg, torch.full_like(arg, -1))
-    intro = torch.zeros_like(dom)
-    for i in range(b):
-        intro[i, intro_of[i][dom[i]]] = True
-    return dom, intro_of, intro
-
-
 def rhythm(
     model: nn.Module,
     input_ids: Tensor,
@@ -203,7 +118,7 @@ def rhythm(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     attn_pattern: str = DEFAULT_ATTN_PATTERN,
 ) -> Rhythm:
-    """Attention-rhythm metrics of a batch (methods.md §3) from one early-stopped forward.
+    """Attention-rhythm metrics of a batch (docs/methods.md §3) from one early-stopped forward.
 
     ``input_ids``, ``response_mask`` (the rows R), ``attention_mask`` are ``[B, T]``, left
     or right padded. ``layers``: 0-based decoder blocks, ``None`` = 5 evenly spaced from
@@ -243,21 +158,12 @@ def rhythm(
     d = torch.stack([stats[i].dist_sum for i in chosen], 1) / n_resp[:, None, None]
     local, glob = _groups(d, head_frac, group_scope, valid)
 
-    nan = torch.full(rm.shape, math.nan, device=rm.device)
-    waad_h = torch.stack([stats[i].waad for i in chosen], 1)
-    waad = torch.where(rm, _group_mean(waad_h, local), nan)
-    del waad_h
-    fai_h = torch.stack([stats[i].fai_sum for i in chosen], 1)
-    count = _fai_counts(rm, h_lo, h_hi)
-    fai_num = _group_mean(fai_h, glob)
-    del fai_h
-    fai = torch.where(count > 0, fai_num / count.clamp(min=1), torch.full_like(nan, fai_empty))
-    fai = torch.where(rm, fai, nan)
-    delta = _delta(waad, rm)
-
-    preplan = top_mask(delta, rm, top_frac)
-    anchor = top_mask(fai, rm, top_frac)
-    dominated, intro_of, intro = _dominated(anchor, waad, delta, rm, k, tau_waad, tau_delta)
+    waad = token_waad(torch.stack([stats[i].waad for i in chosen], 1), local, rm)
+    fai = token_fai(torch.stack([stats[i].fai_sum for i in chosen], 1), glob, rm, h_lo, h_hi,
+                    fai_empty)
+    delta = token_delta(waad, rm)
+    classes = token_classes(waad, fai, delta, rm, top_frac=top_frac, k=k, tau_waad=tau_waad,
+                            tau_delta=tau_delta)
     params = dict(
         window=window,
         h_lo=h_lo,
@@ -278,11 +184,11 @@ def rhythm(
         waad=waad,
         fai=fai,
         delta=delta,
-        preplan=preplan,
-        anchor=anchor,
-        dominated=dominated,
-        intro=intro,
-        intro_of=intro_of,
+        preplan=classes.preplan,
+        anchor=classes.anchor,
+        dominated=classes.dominated,
+        intro=classes.intro,
+        intro_of=classes.intro_of,
         response_mask=rm,
         top_frac=top_frac,
         params=params,

@@ -1,4 +1,4 @@
-"""The attention-rhythm stage (methods.md §3): WAAD, FAI, preplan/anchor tokens and head
+"""The attention-rhythm stage (docs/methods.md §3): WAAD, FAI, preplan/anchor tokens and head
 groups of a model's own sampled responses, the policy entropy at those tokens, and figures.
 
 Tables (one model per call of :func:`analyse_responses`):
@@ -12,7 +12,7 @@ Tables (one model per call of :func:`analyse_responses`):
   ``global``, ``middle``; ``both`` only when the groups overlap, i.e. < 2 heads per group).
 
 Alignment: every metric of token ``t`` is that of attention row ``t`` (the row whose
-*input* is the token, the literal reading of methods.md §3, as :class:`Rhythm`).
+*input* is the token, the literal reading of docs/methods.md §3, as :class:`Rhythm`).
 ``entropy`` is the entropy of the next-token distribution that *produced* token ``t``
 (logits at ``t−1``); ``entropy_next`` that of the distribution computed *at* row ``t``
 (logits at ``t``, which produces token ``t+1``), for the one-position-shift question.
@@ -20,7 +20,6 @@ Alignment: every metric of token ``t`` is that of attention row ``t`` (the row w
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -39,30 +38,20 @@ from tqdm.auto import tqdm  # noqa: E402
 from pipeline.attention.capture import (  # noqa: E402
     capture_qk,
     find_attention_modules,
-    positions_from_mask,
     sliding_window_of,
 )
 from pipeline.attention.head_stats import attention_rows  # noqa: E402
 from pipeline.attention.metrics import Rhythm, rhythm  # noqa: E402
+from pipeline.config import schema_defaults  # noqa: E402
+from pipeline.model_access import Unembed, find_layout, run, softcap_of  # noqa: E402
 from pipeline.responses import batch_from_table  # noqa: E402
 
-DEFAULT_SPEC: dict[str, Any] = {
-    "batch_size": 8,
-    "layers": None,
-    "window": 10,
-    "h_lo": 10,
-    "h_hi": 100,
-    "head_frac": 0.3,
-    "top_frac": 0.4,
-    "group_scope": "pooled",
-    "k": 3,
-    "fai_empty": 0.0,
-    "tau_waad": None,
-    "tau_delta": None,
-    "chunk_size": None,
-}
-"""Stage settings (methods.md §3 defaults). ``layers``: ``None`` = 5 evenly spaced blocks
-from ⌊L/3⌋ to ⌊2L/3⌋, ``"all"``, or a list of 0-based blocks; ``tau_*=None`` = medians."""
+DEFAULT_SPEC: dict[str, Any] = {**schema_defaults("analysis", "attention"), "chunk_size": None}
+"""Stage settings: the defaults of ``analysis.attention`` in
+``workflow/schemas/config.schema.yaml``, where each key is described (docs/methods.md §3; the
+DAG passes the validated section), plus ``chunk_size`` (query rows per chunk of
+:func:`pipeline.attention.head_stats.head_stats`, None = sized by memory; an argument of
+direct calls, not a config key)."""
 
 RHYTHM_KEYS = ("window", "h_lo", "h_hi", "head_frac", "top_frac", "group_scope", "k",
                "fai_empty", "tau_waad", "tau_delta", "chunk_size")
@@ -99,7 +88,7 @@ def token_entropies(
     ``(entropy, entropy_next)``, both ``[B, T]`` on the CPU, NaN outside the response.
     ``entropy[b, t]`` is ``H(softmax(logits[b, t−1]))`` (NaN at ``t = 0``),
     ``entropy_next[b, t]`` is ``H(softmax(logits[b, t]))``. Only the logits from the first
-    needed position on are projected (``logits_to_keep`` when the model takes it)."""
+    needed position on are unembedded (:class:`pipeline.model_access.Unembed`, chunked)."""
     b, t = input_ids.shape
     rm = response_mask.bool().cpu()
     ent = torch.full((b, t), math.nan)
@@ -109,21 +98,13 @@ def token_entropies(
         return ent, ent_next
     first = max(int(cols[0]) - 1, 0)
     keep = t - first
-    kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=positions_from_mask(attention_mask),
-                                  use_cache=False)
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = keep
     with torch.no_grad():
-        logits = model(**kwargs).logits[:, -keep:]
-        step = max(1, ENTROPY_CHUNK_BYTES // (4 * b * logits.shape[-1]))
-        parts = []
-        for j in range(0, keep, step):
-            x = logits[:, j:j + step].float()
-            logp = torch.log_softmax(x, -1)
-            p = logp.exp()
-            parts.append(-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1).cpu())
-    h = torch.cat(parts, 1)  # [B, keep]: position first + j
+        layout = find_layout(model)
+        hidden = run(model, input_ids, attention_mask, final_norm=True, layout=layout)
+        rows = hidden[:, first:].reshape(-1, hidden.shape[-1])
+        unembed = Unembed(layout.lm_head, softcap=softcap_of(model),
+                          chunk_bytes=ENTROPY_CHUNK_BYTES)
+        h = unembed.entropy(rows).reshape(b, keep).cpu()  # [B, keep]: position first + j
     ent_next[:, first:] = h
     ent[:, first + 1:] = h[:, :-1]
     nan = torch.full_like(ent, math.nan)
@@ -148,7 +129,7 @@ def analyse_responses(
     model_name: str,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Attention rhythm of every response of ``table`` (methods.md §3): ``(tokens_df,
+    """Attention rhythm of every response of ``table`` (docs/methods.md §3): ``(tokens_df,
     heads_df, summary)``; see the module docstring for the tables and :func:`summarize`
     for the summary. Responses are batched by length (``spec["batch_size"]``, right
     padding); each batch gets one early-stopped :func:`rhythm` pass and one plain forward
@@ -253,7 +234,7 @@ def _hypergeom_pmf(n: int, hits: int, draws: int) -> np.ndarray:
 
 
 def follow_statistics(tokens_df: pd.DataFrame, k: int) -> dict[str, float]:
-    """How often FAI peaks follow WAAD peaks (methods.md §3, paper's observation).
+    """How often FAI peaks follow WAAD peaks (docs/methods.md §3, paper's observation).
 
     An anchor token ``t`` *follows* a WAAD peak if a preplan token of the same response
     lies at a position ``u ∈ [t−k, t−1]``. ``anchor_follows_preplan`` = followed anchors /
@@ -293,7 +274,7 @@ def follow_statistics(tokens_df: pd.DataFrame, k: int) -> dict[str, float]:
 
 
 def summarize(tokens_df: pd.DataFrame, *, k: int = 3) -> dict[str, Any]:
-    """Summary of a ``tokens_df`` (methods.md §3), every mean pooled over response tokens:
+    """Summary of a ``tokens_df`` (docs/methods.md §3), every mean pooled over response tokens:
 
     - ``num_responses``, ``num_tokens``; ``mean_waad``, ``mean_fai`` (NaNs ignored);
     - ``frac_preplan``, ``frac_anchor``, ``frac_dominated``, ``frac_intro``: fractions of
@@ -369,7 +350,7 @@ def heatmap_figure(
     model_name: str = "",
     vmin: float = 1e-3,
 ):
-    """Attention maps of one response (methods.md §3): the most local head of its local
+    """Attention maps of one response (docs/methods.md §3): the most local head of its local
     group and the most global head of its global group (groups from :func:`rhythm` on
     this response with ``rhythm_params``, a stage spec), side by side, over the response
     rows (the first ``max_tokens``) and response keys (all keys with ``include_prompt``),
@@ -419,7 +400,7 @@ def _label(tok: str) -> str:
 
 def trace_figure(tokens_df: pd.DataFrame, sample: int, *, max_tokens: int = 120,
                  model: str | None = None):
-    """WAAD and FAI along one response (methods.md §3), two stacked axes: preplan tokens
+    """WAAD and FAI along one response (docs/methods.md §3), two stacked axes: preplan tokens
     (top-Δ, marked on WAAD), anchors (top-FAI) and dominated anchors (marked on FAI), intro
     tokens; the tokens along the x axis. Only the first ``max_tokens`` tokens are drawn
     (said in the title). ``model`` selects one model of a multi-model table."""
@@ -465,7 +446,7 @@ def trace_figure(tokens_df: pd.DataFrame, sample: int, *, max_tokens: int = 120,
 
 
 def head_distance_figure(heads_df: pd.DataFrame, *, seed: int = 0):
-    """Head distances ``d^(l,h)`` per chosen layer (methods.md §3): a box per layer over all
+    """Head distances ``d^(l,h)`` per chosen layer (docs/methods.md §3): a box per layer over all
     (response, head) pairs, and every pair as a jittered point coloured by its group in
     that response; one panel per model."""
     models = list(dict.fromkeys(heads_df["model"]))

@@ -1,4 +1,4 @@
-"""Benchmark of :func:`pipeline.attention.rhythm` (methods.md §3, Memory).
+"""Benchmark of :func:`pipeline.attention.rhythm` (docs/methods.md §3.11 Memory).
 
 A randomly initialised model shaped like Qwen3-0.6B (28 blocks, hidden 1024, 16 heads,
 8 KV heads, head dim 128, FFN 3072; small vocabulary) and one long sequence. One run

@@ -1,4 +1,4 @@
-"""Cost of internal_entropies (methods.md §1.2) on a random Qwen3-style model.
+"""Cost of internal_entropies (docs/methods.md §1.2) on a random Qwen3-style model.
 
 Three measurements, each in its own fresh subprocess (sequentially, same sizes, same
 threads), printed together:

@@ -1,4 +1,4 @@
-"""Cost of the depth read-out (methods.md §4, Performance) on SmolLM2-135M-Instruct.
+"""Cost of the depth read-out (docs/methods.md §4.8 Performance) on SmolLM2-135M-Instruct.
 
 Per-layer strict ranks of the model's greedy token and the per-layer top-1 at the last
 prompt position of N natural-text prompts (Wikipedia passages cut at a random word, the
@@ -91,8 +91,8 @@ def naive_predictions(model, batches, pad_id: int, n: int) -> tuple[np.ndarray, 
     docstring), the strict rank on the same logits [N, L+1] (the exact reference) and
     where p(target) underflowed to 0 or a subnormal number [N, L+1]."""
     from pipeline.decomposition import position_ids_from_mask
-    from pipeline.model_access import find_layout
     from pipeline.depth import pad_token_ids
+    from pipeline.model_access import find_layout
 
     layout = find_layout(model)
     norm, head = layout.final_norm, layout.lm_head

@@ -9,7 +9,7 @@ optimizer step) — runs on a fresh copy of the same model and optimizer state, 
 over ``--repeats`` rounds (best of each: the machine may be shared). BuPO is timed in its
 IPA phase (step ≤ s_inter: π^k log-probs, forward stopped after block k) and its GRPO
 phase. Prints each method's time and its ratio to GRPO; issue targets: BuPO-IPA / GRPO
-≤ 1.0, attention credit / GRPO ≤ 1.15 (methods.md §2, §3). The sampling time of the batch
+≤ 1.0, attention credit / GRPO ≤ 1.15 (docs/methods.md §2, §3). The sampling time of the batch
 is printed too, for ratios of whole steps (sampling is the same for every method).
 """
 

@@ -1,4 +1,4 @@
-"""Build the curated fact files in ``pipeline/data/files/`` (cloze fact recall, methods.md §4).
+"""Build the curated fact files in ``pipeline/data/files/`` (cloze fact recall, docs/methods.md §4).
 
 Run ``python -m pipeline.data.build_facts`` (``--check`` only compares). It needs the two
 pinned build-time tools, which are *not* runtime dependencies of the pipeline::

@@ -1,4 +1,4 @@
-"""Internal-policy decomposition (BuPO, methods.md §1): entropies per layer and module.
+"""Internal-policy decomposition (BuPO, docs/methods.md §1): entropies per layer and module.
 
 Public API::
 

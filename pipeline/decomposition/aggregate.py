@@ -1,4 +1,4 @@
-"""Aggregation over response tokens (methods.md §1.1 "Aggregation")."""
+"""Aggregation over response tokens (docs/methods.md §1.1 "Aggregation")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def aggregate(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
     ``mask`` marks the response tokens to average over. Non-finite entries (NaN padding)
     are skipped. Returns ``(token_mean [L], per_sample_mean [B, L])``, float32: the first
-    weights every selected token equally across the batch (methods.md §1.1), the second is
+    weights every selected token equally across the batch (docs/methods.md §1.1), the second is
     one mean per sample (for confidence intervals). An empty selection gives NaN.
     """
     if values.dim() != 3 or mask.shape != (values.shape[0], values.shape[2]):

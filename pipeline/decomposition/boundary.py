@@ -1,4 +1,4 @@
-"""Boundary layer k for BuPO from the FFN entropy change curve (methods.md §1.1, §2)."""
+"""Boundary layer k for BuPO from the FFN entropy change curve (docs/methods.md §1.1, §2)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def boundary_layer(
     relative: bool = True,
     fallback: int | None = None,
 ) -> int:
-    """1-based boundary layer: the end of the exploration phase of ΔH_ffn (methods.md §1.1).
+    """1-based boundary layer: the end of the exploration phase of ΔH_ffn (docs/methods.md §1.1).
 
     ``delta_ffn`` [L]: the token-weighted mean ΔH_ffn per layer (``aggregate(...)[0]`` of
     ``entropy_changes(...)["ffn"]``). A layer is *exploring* when ΔH_ffn > thr, with

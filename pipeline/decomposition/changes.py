@@ -1,4 +1,4 @@
-"""Entropy change per layer and module, ΔH (methods.md §1.1)."""
+"""Entropy change per layer and module, ΔH (docs/methods.md §1.1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ def entropy_changes(ents: dict[str, Tensor]) -> dict[str, Tensor]:
     """ΔH from :func:`internal_entropies` output, each [B, L, T] (NaN at padding).
 
     ``"layer"``: H(h[l]) − H(h[l−1]); ``"attn"``: H(A^l) − H(attn_in^l);
-    ``"ffn"``: H(F^l) − H(ffn_in^l) (methods.md §1.1), l = 1..L along dim 1.
+    ``"ffn"``: H(F^l) − H(ffn_in^l) (docs/methods.md §1.1), l = 1..L along dim 1.
     """
     layer = ents["layer"]
     return {

@@ -1,4 +1,4 @@
-"""Internal layer and module policies' entropies (methods.md §1.1, §1.2).
+"""Internal layer and module policies' entropies (docs/methods.md §1.1, §1.2).
 
 One no-grad forward through the model-access runner (:func:`pipeline.model_access.run`)
 reading every block's residual input/output and its attention/MLP inputs and residual
@@ -44,7 +44,7 @@ def internal_entropies(
     chunk_tokens: int | None = None,
     token_mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Entropies (nats) of the internal layer and module policies, methods.md §1.1.
+    """Entropies (nats) of the internal layer and module policies, docs/methods.md §1.1.
 
     Returns float32 tensors on ``input_ids.device``, NaN at padding positions:
 
@@ -59,7 +59,7 @@ def internal_entropies(
 
     ``apply_final_norm=True`` projects every quantity as softmax(W_U norm_f(x)) (logit
     lens). The ``lm_head`` bias and a ``config.final_logit_softcapping`` are included.
-    ``chunk_tokens``: rows per unembedding GEMM (methods.md §1.2); None = auto (≈256 MiB
+    ``chunk_tokens``: rows per unembedding GEMM (docs/methods.md §1.2); None = auto (≈256 MiB
     of logits per buffer). Position ids are computed from the mask, so left padding works.
     ``token_mask`` [B, T] (optional): project only these positions (e.g. the response
     tokens; the forward still sees the whole sequence); the others are NaN like padding.

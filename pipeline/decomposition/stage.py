@@ -1,4 +1,4 @@
-"""The decomposition stage (methods.md §1): internal-policy entropies of a model's own
+"""The decomposition stage (docs/methods.md §1): internal-policy entropies of a model's own
 sampled responses, aggregated per layer and module, the boundary layer, and figures.
 
 Tidy table columns: model, sample, convention (``raw`` = no final norm, the paper's
@@ -50,7 +50,7 @@ def decompose_responses(
     batch_size: int = 8,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-sample tidy table and token-weighted per-layer means (methods.md §1.1
+    """Per-sample tidy table and token-weighted per-layer means (docs/methods.md §1.1
     "Aggregation": per token, then the mean over all response tokens)."""
     rows: list[dict[str, Any]] = []
     sums: dict[tuple, np.ndarray] = defaultdict(lambda: 0.0)
@@ -158,7 +158,7 @@ def entropy_flow_figure(per_layer: pd.DataFrame, model_name: str, conv: str = "r
 
 
 def delta_figure(per_layer: pd.DataFrame, model_name: str, conv: str = "raw"):
-    """ΔH_attn and ΔH_ffn per block with 95 % CIs over samples (methods.md §1.1)."""
+    """ΔH_attn and ΔH_ffn per block with 95 % CIs over samples (docs/methods.md §1.1)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for module, color in (("attn", "tab:blue"), ("ffn", "tab:orange"), ("layer", "black")):
         df = _curve(per_layer, conv, module, "delta")

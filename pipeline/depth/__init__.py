@@ -1,4 +1,4 @@
-"""Guess-then-refine depth analysis (methods.md §4): logit and tuned lens at the last
+"""Guess-then-refine depth analysis (docs/methods.md §4): logit and tuned lens at the last
 prompt position, decision depth, frequency buckets, fact / MCQ / POS prompt sets.
 
 Public API::
@@ -24,90 +24,43 @@ Public API::
     pos_token_prompts(tokenizer, passage, pos_prompts(...)), passage_order
 """
 
-from pipeline.depth.lens import ALIGNMENTS, TunedLens
-from pipeline.depth.metrics import (
-    BUCKETS,
-    bucket_index,
-    bucket_mix,
-    bucket_of,
-    decision_depth_curve,
-    earliest_layer,
-    first_true,
-    flip_rates,
-    frequency_ranks,
-    log_spaced_ks,
-)
-from pipeline.depth.prompts import (
-    CONTENT_TAGS,
-    FUNCTION_TAGS,
-    SPACY_MODEL,
-    cut_passages,
-    first_tagged_words,
-    first_word_with_tag,
-    mcq_prompts,
-    passage_order,
-    pos_prompts,
-    pos_token_prompts,
-    split_continuation,
-    teacher_forced_fact_prompts,
-    upos_tag,
-)
-from pipeline.depth.ranks import (
-    LensPredictions,
-    layer_pass,
-    layer_top1,
-    lens_predictions,
-    option_ranks,
-    option_token_ids,
-    predict_options,
-    predict_prompts,
-    strict_rank,
-    target_ranks,
-)
-from pipeline.depth.readout import Readout, capture_hidden, last_positions, pad_token_ids
-from pipeline.depth.tuned import pack_texts, per_layer_kl, train_tuned_lens
+# Lazy (PEP 562): importing pipeline.depth, or a light submodule such as
+# pipeline.depth.spec (what pipeline.config and the workflow import while Snakemake parses
+# the DAG), does not import torch; each public name loads its module on first use.
+import importlib
+from typing import Any
 
-__all__ = [
-    "ALIGNMENTS",
-    "BUCKETS",
-    "CONTENT_TAGS",
-    "FUNCTION_TAGS",
-    "LensPredictions",
-    "Readout",
-    "SPACY_MODEL",
-    "TunedLens",
-    "bucket_index",
-    "bucket_mix",
-    "bucket_of",
-    "capture_hidden",
-    "cut_passages",
-    "decision_depth_curve",
-    "earliest_layer",
-    "first_tagged_words",
-    "first_true",
-    "first_word_with_tag",
-    "flip_rates",
-    "frequency_ranks",
-    "last_positions",
-    "layer_pass",
-    "layer_top1",
-    "lens_predictions",
-    "log_spaced_ks",
-    "mcq_prompts",
-    "option_ranks",
-    "option_token_ids",
-    "pack_texts",
-    "passage_order",
-    "pad_token_ids",
-    "per_layer_kl",
-    "pos_prompts",
-    "pos_token_prompts",
-    "predict_options",
-    "predict_prompts",
-    "split_continuation",
-    "strict_rank",
-    "target_ranks",
-    "teacher_forced_fact_prompts",
-    "train_tuned_lens",
-    "upos_tag",
-]
+_MODULES: dict[str, tuple[str, ...]] = {
+    "lens": ("ALIGNMENTS", "TunedLens"),
+    "metrics": (
+        "BUCKETS", "bucket_index", "bucket_mix", "bucket_of", "decision_depth_curve",
+        "earliest_layer", "first_true", "flip_rates", "frequency_ranks", "log_spaced_ks",
+    ),
+    "prompts": (
+        "CONTENT_TAGS", "FUNCTION_TAGS", "SPACY_MODEL", "cut_passages", "first_tagged_words",
+        "first_word_with_tag", "mcq_prompts", "passage_order", "pos_prompts",
+        "pos_token_prompts", "split_continuation", "teacher_forced_fact_prompts", "upos_tag",
+    ),
+    "ranks": (
+        "LensPredictions", "layer_pass", "layer_top1", "lens_predictions", "option_ranks",
+        "option_token_ids", "predict_options", "predict_prompts", "strict_rank",
+        "target_ranks",
+    ),
+    "readout": ("Readout", "capture_hidden", "last_positions", "pad_token_ids"),
+    "tuned": ("pack_texts", "per_layer_kl", "train_tuned_lens"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

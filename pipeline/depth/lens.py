@@ -1,9 +1,9 @@
-"""Tuned lens: one affine translator per decoder block (methods.md §4).
+"""Tuned lens: one affine translator per decoder block (docs/methods.md §4).
 
 A translator maps a hidden state to ``h' = h + W h + b`` (``W``, ``b`` zero-initialised,
 so a fresh lens *is* the logit lens); the lens logits are ``W_U norm_f(h')``
 (:class:`pipeline.depth.readout.Readout`). A model with L blocks has L translators,
-``translators[0..L-1]``. Which hidden state h[l] (methods.md layer convention: h[0] =
+``translators[0..L-1]``. Which hidden state h[l] (docs/methods.md §0.1: h[0] =
 embedding output, h[l] = raw output of block l) each one reads is the ``alignment``:
 
 ``"input"`` (the ``tuned-lens`` library; its ``TunedLens.forward(h, idx)`` with
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.decomposition.layout import find_layout
+from pipeline.model_access import find_layout
 
 ALIGNMENTS = ("input", "output")
 CONFIG_FILE = "tuned_lens.json"

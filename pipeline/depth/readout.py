@@ -1,4 +1,4 @@
-"""Raw residual-stream reads at chosen positions and the lens read-out (methods.md §4).
+"""Raw residual-stream reads at chosen positions and the lens read-out (docs/methods.md §4).
 
 :func:`capture_hidden` runs one no-grad forward through the model-access runner
 (:func:`pipeline.model_access.run`, reading ``resid_pre[0]`` and every ``resid_post[l]``)

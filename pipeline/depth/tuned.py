@@ -1,4 +1,4 @@
-"""Training and evaluating tuned-lens translators (methods.md §4).
+"""Training and evaluating tuned-lens translators (docs/methods.md §4).
 
 Objective (as the ``tuned-lens`` library): for every translated layer l, the mean over
 token positions of ``KL(p_final ‖ p_lens,l)`` at the *same* position, summed over layers;
@@ -9,7 +9,7 @@ positions the final log-probs are formed once and each layer's lens logits ([chu
 through detached ``norm_f``/``W_U``) are reduced to a KL and back-propagated into the
 translators only — never a [layers, tokens, vocab] tensor.
 
-Recipe (paper, methods.md §4): ~65M tokens = 250 steps × 2^18 tokens, SGD with Nesterov
+Recipe (paper, docs/methods.md §4): ~65M tokens = 250 steps × 2^18 tokens, SGD with Nesterov
 momentum 0.9, weight decay 1e-3, gradient-norm clip 1.0, linear decay (no warmup). The
 library's SGD learning rate is ``lr_scale · (1 − momentum)`` = 0.1, our default ``lr``.
 """
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pipeline.model_access import find_layout
 from pipeline.depth.lens import TunedLens
 from pipeline.depth.readout import Readout, capture_hidden, input_device
+from pipeline.model_access import find_layout
 
 
 def pack_texts(tokenizer, texts: Sequence[str], seq_len: int) -> Tensor:

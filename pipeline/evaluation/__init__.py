@@ -1,4 +1,4 @@
-"""Benchmark evaluation: metrics (methods.md §5)."""
+"""Benchmark evaluation: metrics (docs/methods.md §5)."""
 
 from pipeline.evaluation.metrics import avg_at_k, mean_ci, pass_at_k
 

@@ -1,6 +1,6 @@
 """Benchmark items for evaluation: loading, prompt rendering and scoring per task.
 
-Tasks: ``countdown`` (the pipeline's own splits, methods.md §5 reward), ``math``
+Tasks: ``countdown`` (the pipeline's own splits, docs/methods.md §5 reward), ``math``
 (MATH500/AIME/AMC23/GSM8K through :mod:`pipeline.tasks.benchmarks`, or the registry
 sources ``gsm_symbolic`` / ``aime`` of :mod:`pipeline.data`; last ``\\boxed{}`` checked with
 math-verify), ``mmlu`` (k-shot multiple choice, scored by the answer letter's logit).

@@ -1,4 +1,5 @@
-"""Benchmark metrics: unbiased pass@k, avg@k and t-based confidence intervals (methods.md §5)."""
+"""Benchmark metrics: unbiased pass@k, avg@k and t-based confidence intervals
+(docs/methods.md §5)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _as_int(name: str, value: int) -> int:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (methods.md §5).
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (docs/methods.md §5).
 
     ``1 - C(n-c, k) / C(n, k)`` computed in the stable product form
     ``1 - prod_{i=n-c+1}^{n} (1 - k/i)``; exactly 1.0 when ``n - c < k``.
@@ -37,7 +38,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def avg_at_k(correct: Sequence[bool] | np.ndarray | Iterable[bool]) -> float:
-    """avg@k: mean pass@1 over the k samples of one problem (fraction correct, methods.md §5)."""
+    """avg@k: mean pass@1 over the k samples of one problem (fraction correct,
+    docs/methods.md §5)."""
     arr = np.asarray(list(correct) if not isinstance(correct, np.ndarray) else correct)
     if arr.size == 0:
         raise ValueError("avg_at_k needs at least one sample")

@@ -1,4 +1,4 @@
-"""Evaluate one model on one benchmark: per-sample table + summary (methods.md §5).
+"""Evaluate one model on one benchmark: per-sample table + summary (docs/methods.md §5).
 
 Generative tasks: greedy decoding plus ``n_samples`` samples per problem → greedy
 accuracy, avg@n, unbiased pass@k. Multiple choice (MMLU): the answer letter with the
@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.evaluation import items as bench
 from pipeline.evaluation.metrics import mean_ci, pass_at_k
-from pipeline.generation import generate
+from pipeline.generation import Generation, generate
 
 
 def evaluate_generative(
@@ -38,20 +38,33 @@ def evaluate_generative(
     if spec["n_samples"] > 0:
         runs.append(("sample", spec["n_samples"], spec["temperature"]))
     for mode, n, temp in runs:
-        gens = generate(model, tokenizer, prompts, n=n, temperature=temp, top_p=spec["top_p"],
-                        max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                        seed=seed, progress=progress, desc=f"{task} {mode}",
-                        dtype=spec.get("sample_dtype"))
-        for g in gens:
-            it = items[g.prompt_index]
+        for g, correct in generate_scored(model, tokenizer, task, items, prompts, spec, n=n,
+                                          temperature=temp, seed=seed, progress=progress,
+                                          desc=f"{task} {mode}",
+                                          verify_mode=spec["verify_mode"]):
             rows.append({
-                "mode": mode, "problem": g.prompt_index, "item_id": str(it["id"]),
-                "sample": g.sample_index, "response": g.text, "num_tokens": g.num_tokens,
-                "finished": g.finished,
-                "correct": bench.score(task, it, g.text, verify_mode=spec["verify_mode"]),
+                "mode": mode, "problem": g.prompt_index,
+                "item_id": str(items[g.prompt_index]["id"]), "sample": g.sample_index,
+                "response": g.text, "num_tokens": g.num_tokens, "finished": g.finished,
+                "correct": correct,
             })
     table = pd.DataFrame(rows)
     return table, summarize(table, spec["k"])
+
+
+def generate_scored(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
+                    items: Sequence[dict], prompts: list[str], spec: dict[str, Any], *,
+                    n: int, temperature: float, seed: int, progress: bool, desc: str,
+                    verify_mode: str = "symbolic") -> list[tuple[Generation, bool]]:
+    """``n`` responses to each prompt (``prompts[i]`` renders ``items[i]``) with the
+    sampling settings of ``spec`` (``top_p``, ``max_new_tokens``, ``batch_size``,
+    ``sample_dtype``), each with its correctness; shared by the evaluation and the
+    analysed responses (:func:`pipeline.responses.sample_responses`)."""
+    gens = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=spec["top_p"],
+                    max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
+                    seed=seed, progress=progress, desc=desc, dtype=spec.get("sample_dtype"))
+    return [(g, bench.score(task, items[g.prompt_index], g.text, verify_mode=verify_mode))
+            for g in gens]
 
 
 def summarize(table: pd.DataFrame, k: Sequence[int]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The module finder of the model-access layer: where a decoder's parts are (methods.md §1.1).
+"""The module finder of the model-access layer: where a decoder's parts are (docs/methods.md §1.1).
 
 Works on any model with the usual layout (Llama, Qwen2/3, Mistral, Gemma 2/3, OLMo 2, …):
 a stack of decoder layers, each with an attention and an MLP submodule, a final norm and

@@ -1,4 +1,4 @@
-"""The one runner: a decoder forward with named read points and an early stop (methods.md §0).
+"""The one runner: a decoder forward with named read points and an early stop (docs/methods.md §0).
 
 ``run(model, input_ids, attention_mask, read={point: fn}, stop_after=k)`` executes
 

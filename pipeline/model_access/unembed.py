@@ -1,4 +1,4 @@
-"""The one chunked unembedding: hidden states -> vocabulary distributions (methods.md §1.2).
+"""The one chunked unembedding: hidden states -> vocabulary distributions (docs/methods.md §1.2).
 
 Every read of a hidden state through ``W_U`` in the project goes through :class:`Unembed`:
 internal-policy entropies (decomposition), lens logits and ranks (depth), token log-probs
@@ -75,7 +75,7 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise cosine similarity in fp32 (methods.md §1.1 diagnostics), shape [N]."""
+    """Row-wise cosine similarity in fp32 (docs/methods.md §1.1 diagnostics), shape [N]."""
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1, eps=1e-12)
 
 

@@ -1,5 +1,5 @@
-"""RL training: GRPO and its baselines, BuPO (methods.md §2) and attention-rhythm credit
-assignment (methods.md §3) on a compact own loop.
+"""RL training: GRPO and its baselines, BuPO (docs/methods.md §2) and attention-rhythm credit
+assignment (docs/methods.md §3) on a compact own loop.
 
 Public API::
 

@@ -1,4 +1,4 @@
-"""Bottom-up Policy Optimization (methods.md §2): the internal policy π^k, the phase
+"""Bottom-up Policy Optimization (docs/methods.md §2): the internal policy π^k, the phase
 schedule and the old-log-prob switch.
 
 - π^k = softmax(h[k] W_Uᵀ / T) with ``h[k]`` the raw residual after block k (1-based; no
@@ -46,7 +46,7 @@ def internal_token_logprobs(
     chunk_tokens: int | None = None,
 ) -> Tensor:
     """Log-probs ``[B, T−1]`` of the sampled response tokens under π^k,
-    ``log_softmax(h[k] W_Uᵀ)`` (``layer`` = k, 1-based; methods.md §2 IPA), 0 off
+    ``log_softmax(h[k] W_Uᵀ)`` (``layer`` = k, 1-based; docs/methods.md §2 IPA), 0 off
     ``response_mask[:, 1:]``; differentiable when grad is enabled. The forward stops
     after block k."""
     layout = find_layout(model, need_final_norm=apply_final_norm)

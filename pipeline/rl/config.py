@@ -1,4 +1,4 @@
-"""Configuration of an RL run and the method table (methods.md §2, §3)."""
+"""Configuration of an RL run and the method table (docs/methods.md §2, §3)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ METHODS = ("grpo", "rloo", "reinforce_pp", "bupo", *CREDIT, "bupo+rhythm_coupled
 
 @dataclass
 class RLConfig:
-    """Hyperparameters of :func:`pipeline.rl.train`; defaults follow methods.md §2 except the
+    """Hyperparameters of :func:`pipeline.rl.train`; defaults follow docs/methods.md §2 except the
     sizes (CPU-scale). ``updates_per_batch`` optimizer steps per rollout batch, each on a
     disjoint minibatch of ``prompts_per_step / updates_per_batch`` prompts' groups."""
 
@@ -39,11 +39,11 @@ class RLConfig:
     micro_batch_size: int | None = None  # sequences per forward (gradient accumulation)
     clip_low: float = 0.2
     clip_high: float = 0.2
-    # BuPO (methods.md §2)
+    # BuPO (docs/methods.md §2)
     bupo_layer: int | None = None  # k, 1-based
     s_inter: int = 20
     ipa_final_norm: bool = False
-    # attention credit (methods.md §3)
+    # attention credit (docs/methods.md §3)
     gamma_amp: float = 1.5
     alpha: float = 0.5
     credit_shift: int = 0
@@ -87,7 +87,7 @@ class RLConfig:
         return self.method if self.method in ("rloo", "reinforce_pp") else "grpo"
 
     def phase(self, step: int) -> str:
-        """``"ipa"`` for BuPO steps 1..s_inter (1-based), else ``"grpo"`` (methods.md §2;
+        """``"ipa"`` for BuPO steps 1..s_inter (1-based), else ``"grpo"`` (docs/methods.md §2;
         :func:`pipeline.rl.bupo.phase`)."""
         from pipeline.rl.bupo import phase
 

@@ -1,4 +1,4 @@
-"""Attention-credit shaping of the advantages, ``Ã_t = γ_t·Â_t`` (methods.md §3).
+"""Attention-credit shaping of the advantages, ``Ã_t = γ_t·Â_t`` (docs/methods.md §3).
 
 γ is computed with no grad on the rollout weights (the same weights that sampled the
 batch) and is token-aligned (``γ[b, t]`` weighs token ``input_ids[b, t]``, see

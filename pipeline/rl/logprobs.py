@@ -1,5 +1,5 @@
 """Per-token log-probs of sampled tokens under the final policy π_θ, and the no-grad
-policy statistics of a rollout (methods.md §1.1, §2).
+policy statistics of a rollout (docs/methods.md §1.1, §2).
 
 Alignment: every result is the usual *shifted* tensor ``[B, T−1]``:
 ``out[b, j] = log p(input_ids[b, j+1] | input_ids[b, :j+1])``, read from the hidden state
@@ -10,7 +10,7 @@ Forwards go through the model-access runner (:func:`pipeline.model_access.run`, 
 explicit loop that stops after block k without raising) and the chunked
 :class:`pipeline.model_access.Unembed`: only the rows that predict response tokens are
 unembedded, in chunks; under autograd each chunk is checkpointed, so no ``[B, T, V]``
-fp32 tensor is ever held, forward or backward (methods.md §1.2). The internal policy π^k
+fp32 tensor is ever held, forward or backward (docs/methods.md §1.2). The internal policy π^k
 of BuPO lives in :mod:`pipeline.rl.bupo`.
 """
 

@@ -1,9 +1,9 @@
-"""Advantages and the clipped policy surrogate of GRPO-style training (methods.md §2, §3).
+"""Advantages and the clipped policy surrogate of GRPO-style training (docs/methods.md §2, §3).
 
 Rewards are one scalar per response, ordered so that each prompt's ``group_size``
 responses are contiguous (``rewards[g*G:(g+1)*G]`` is group ``g``). Advantages are per
 response ``[N]`` and broadcast to the response tokens, or per token ``[N, T]`` once shaped
-by attention credit (``Ã_t = γ_t·Â_t``, methods.md §3).
+by attention credit (``Ã_t = γ_t·Â_t``, docs/methods.md §3).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _groups(rewards: Tensor, group_size: int) -> Tensor:
 
 def group_advantages(rewards: Tensor, group_size: int) -> Tensor:
     """GRPO: ``Â_i = (R_i − mean(R_grp)) / (std(R_grp) + 1e-6)``, unbiased std; a group of
-    one gets 0 and a constant group 0 (methods.md §2). Returns fp32 [N]."""
+    one gets 0 and a constant group 0 (docs/methods.md §2). Returns fp32 [N]."""
     r = _groups(rewards, group_size)
     if group_size == 1:
         return torch.zeros_like(r).reshape(-1)
@@ -107,7 +107,7 @@ def policy_loss_stats(
 ) -> LossStats:
     """Clipped surrogate ``−min(ρ·Â, clip(ρ, 1−ε_low, 1+ε_high)·Â)``, ``ρ = exp(logp −
     old_logp)``, summed over the masked tokens of the batch and divided by their number
-    (token-mean, methods.md §2). ``logp``, ``old_logp``, ``mask``: [B, T]; ``advantages``
+    (token-mean, docs/methods.md §2). ``logp``, ``old_logp``, ``mask``: [B, T]; ``advantages``
     [B] (broadcast over tokens) or [B, T]. ``num_tokens`` overrides the divisor (gradient
     accumulation: pass the token count of the whole minibatch to every micro-batch)."""
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
@@ -145,6 +145,6 @@ def policy_loss_stats(
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2,
                 num_tokens: float | None = None) -> Tensor:
-    """Token-mean clipped surrogate (methods.md §2); see :func:`policy_loss_stats`."""
+    """Token-mean clipped surrogate (docs/methods.md §2); see :func:`policy_loss_stats`."""
     return policy_loss_stats(logp, old_logp, advantages, mask, clip_low=clip_low,
                              clip_high=clip_high, num_tokens=num_tokens).loss

@@ -1,4 +1,4 @@
-"""A compact GRPO-family training loop on plain torch (methods.md §2, §3).
+"""A compact GRPO-family training loop on plain torch (docs/methods.md §2, §3).
 
 One step: sample ``prompts_per_step`` problems (deterministic from seed and step),
 ``group_size`` rollouts each with :func:`pipeline.generation.generate`, rewards from the
@@ -293,7 +293,7 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
 
 def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
                  dist: Dist | None = None) -> dict[str, Any]:
-    """Rollout and policy diagnostics of one step (methods.md §2, §3), over the whole
+    """Rollout and policy diagnostics of one step (docs/methods.md §2, §3), over the whole
     batch of all processes under ``dist``."""
     dist = dist or Dist()
     g_size = ro.group_size

@@ -1,9 +1,9 @@
 """Math benchmark loaders (MATH500, AIME24, AIME25, AMC23, GSM8K) via ``datasets``.
 
 Every loader returns ``[{"id", "problem", "answer", "source"}]`` with string values; the
-answers are what :func:`pipeline.tasks.math.verify` takes as gold (methods.md §5). Data
+answers are what :func:`pipeline.tasks.math.verify` takes as gold (docs/methods.md §5). Data
 come from the hub at a pinned revision or from a local jsonl/json/parquet file with the
-same columns (design.md: "datasets through `datasets` (hub id or local files)").
+same columns (docs/architecture.md §5.4).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def load_benchmark(
     limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, str]]:
-    """Load benchmark ``name`` as ``[{"id", "problem", "answer", "source"}]`` (methods.md §5).
+    """Load benchmark ``name`` as ``[{"id", "problem", "answer", "source"}]`` (docs/methods.md §5).
 
     ``path``: a local .jsonl/.json/.parquet file with the benchmark's hub columns (see
     :data:`BENCHMARKS`); otherwise the hub dataset at ``revision`` (default: the registry's

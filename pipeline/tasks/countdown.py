@@ -1,4 +1,4 @@
-"""Countdown, the verifiable arithmetic task of TinyZero (methods.md §5).
+"""Countdown, the verifiable arithmetic task of TinyZero (docs/methods.md §5).
 
 Given numbers and a target, write an equation that uses every number exactly once with
 ``+ - * /`` (``× ÷ −`` accepted) and parentheses and evaluates *exactly* to the target.
@@ -153,7 +153,7 @@ def check_equation(numbers: Sequence[int], target: int, equation: str) -> bool:
 
 
 def verify(numbers: Sequence[int], target: int, response: str) -> bool:
-    """Countdown reward (methods.md §5): the last ``<answer>`` equation is exactly right."""
+    """Countdown reward (docs/methods.md §5): the last ``<answer>`` equation is exactly right."""
     equation = extract_answer(response)
     return equation is not None and check_equation(numbers, target, equation)
 

@@ -1,4 +1,4 @@
-"""Math answers: extract the last ``\\boxed{}`` and verify it (methods.md §5).
+"""Math answers: extract the last ``\\boxed{}`` and verify it (docs/methods.md §5).
 
 ``verify(..., mode="symbolic")`` uses the math-verify library; ``mode="strict"`` compares
 :func:`normalize_answer` strings (the usual MATH / Hendrycks normalisation, documented there).
@@ -44,7 +44,7 @@ def _match_braces(text: str, start: int) -> int | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (methods.md §5).
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (docs/methods.md §5).
 
     Braces are matched with nesting; ``\\boxed 5`` (no braces) yields the next whitespace-
     or ``$``-delimited token. Returns None when there is no box, or the last box is
@@ -146,7 +146,7 @@ def _fix_number(s: str) -> str:
 
 
 def normalize_answer(s: Any) -> str:
-    """Strict normalised string form of a math answer (methods.md §5, strict option).
+    """Strict normalised string form of a math answer (docs/methods.md §5, strict option).
 
     The Hendrycks MATH ``strip_string`` normalisation plus a few common extras, in order:
     strip; drop newlines, ``\\!``, ``\\,``/``\\;``/``\\:``, ``\\displaystyle``;
@@ -243,7 +243,7 @@ def _verify_symbolic(answer: str, gold: str, timeout_s: int | None) -> bool:
 
 
 def verify(response: str, gold: str, *, mode: str = "symbolic", timeout_s: int | None = 5) -> bool:
-    """Whether the last boxed answer of ``response`` equals ``gold`` (methods.md §5).
+    """Whether the last boxed answer of ``response`` equals ``gold`` (docs/methods.md §5).
 
     ``mode="symbolic"``: math-verify (``parse`` + ``verify``, gold wrapped in ``\\boxed{}``
     when bare); errors and timeouts count as wrong. ``timeout_s`` is math-verify's per-step

@@ -1,30 +1,35 @@
+# Attention rhythm of a run: a base model, or a trained checkpoint on its BASE model's
+# responses (same text, trained weights: the before/after of the comparison).
+C = pw.Common(config, "attention", "{run}")
+
+
 rule attention:
     input:
-        model=f"{R}/models/{{model}}/model",
-        responses=f"{R}/responses/{{model}}/responses.parquet",
+        unpack(lambda wc: pw.analysis_inputs(R, wc.run)),
     output:
-        tokens=f"{R}/attention/{{model}}/tokens.parquet",
-        heads=f"{R}/attention/{{model}}/heads.parquet",
-        summary=f"{R}/attention/{{model}}/summary.json",
+        tokens=paths.analysis(R, "attention", "tokens"),
+        heads=paths.analysis(R, "attention", "heads"),
+        summary=paths.analysis(R, "attention", "summary"),
         figures=report(
-            directory(f"{R}/attention/{{model}}/figures"),
+            directory(paths.analysis(R, "attention", "figures")),
             patterns=["{name}.png"],
             caption="../report/attention.rst",
             category="Attention",
-            subcategory="{model}",
+            subcategory="{run}",
         ),
     params:
+        name=lambda wc: paths.run_name(wc.run),
         spec=pw.spec(config["analysis"]["attention"]),
-        job=lambda wc: pw.job(config, "attention", wc),
-    threads: pw.threads(config, "attention")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "attention"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/attention/{{model}}.log",
+        C.log,
+    conda:
+        C.conda
     shell:
-        "python -m pipeline attention --name {wildcards.model} --model-dir {input.model}"
+        "python -m pipeline attention --name {params.name:q} --model-dir {input.model}"
         " --responses {input.responses} --spec {params.spec:q} --out-tokens {output.tokens}"
         " --out-heads {output.heads} --out-summary {output.summary}"
         " --fig-dir {output.figures} --threads {threads} --job {params.job:q} > {log} 2>&1"

@@ -1,20 +1,25 @@
 import os
 
 import pipeline.workflow as pw
-from pipeline import tracking
+from pipeline import paths, tracking
 
-R = pw.root(config)
+R = paths.root(config)
 MODELS = list(config["models"])
 SEEDS = config["seeds"]
 ANALYSIS_MODELS = pw.analysis_models(config)
+METHOD = r"[A-Za-z0-9_+]+"
 
 
+# Every path comes from pipeline.paths. A {run} is a base model (<model>) or a trained
+# checkpoint (<model>/<method>/seed<seed>): evaluate, decomposition and attention run on
+# both (pipeline.paths, docstring).
 wildcard_constraints:
     model=pw.alternatives(MODELS),
+    run=paths.run_constraint(pw.alternatives(MODELS), METHOD),
     seed=r"\d+",
     benchmark=pw.alternatives(list(config["evaluation"]["benchmarks"])),
     split=r"[A-Za-z0-9_]+",
-    method=r"[A-Za-z0-9_+]+",
+    method=METHOD,
 
 
 onstart:

@@ -1,61 +1,7 @@
-# Comparison over models × methods × seeds, and the analyses before/after RL: the
-# decomposition and attention stages rerun on each trained checkpoint over the BASE
-# model's responses (same text, trained weights), so no new sampling is needed.
-
-
-rule decomposition_trained:
-    input:
-        model=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/model",
-        responses=f"{R}/responses/{{model}}/responses.parquet",
-    output:
-        table=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/decomposition/entropies.parquet",
-        summary=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/decomposition/summary.json",
-        per_layer=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/decomposition/per_layer.csv",
-        boundary=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/decomposition/boundary.json",
-        figures=directory(f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/decomposition/figures"),
-    params:
-        spec=pw.spec(config["analysis"]["decomposition"]),
-        job=lambda wc: pw.job(config, "decomposition_trained", wc),
-    threads: pw.threads(config, "decomposition_trained")
-    resources:
-        **pw.resources(config, "decomposition_trained"),
-    conda:
-        "../envs/pipeline.yaml"
-    log:
-        f"{R}/logs/decomposition_trained/{{model}}-{{method}}-seed{{seed}}.log",
-    shell:
-        "python -m pipeline decomposition --name {wildcards.model}+{wildcards.method:q}"
-        " --model-dir {input.model} --responses {input.responses} --spec {params.spec:q}"
-        " --out-table {output.table} --out-summary {output.summary}"
-        " --out-boundary {output.boundary} --fig-dir {output.figures} --threads {threads}"
-        " --job {params.job:q} > {log} 2>&1"
-
-
-rule attention_trained:
-    input:
-        model=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/model",
-        responses=f"{R}/responses/{{model}}/responses.parquet",
-    output:
-        tokens=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/attention/tokens.parquet",
-        heads=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/attention/heads.parquet",
-        summary=f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/attention/summary.json",
-        figures=directory(f"{R}/rl/{{model}}/{{method}}/seed{{seed}}/attention/figures"),
-    params:
-        spec=pw.spec(config["analysis"]["attention"]),
-        job=lambda wc: pw.job(config, "attention_trained", wc),
-    threads: pw.threads(config, "attention_trained")
-    resources:
-        **pw.resources(config, "attention_trained"),
-    conda:
-        "../envs/pipeline.yaml"
-    log:
-        f"{R}/logs/attention_trained/{{model}}-{{method}}-seed{{seed}}.log",
-    shell:
-        "python -m pipeline attention --name {wildcards.model}+{wildcards.method:q}"
-        " --model-dir {input.model} --responses {input.responses} --spec {params.spec:q}"
-        " --out-tokens {output.tokens} --out-heads {output.heads}"
-        " --out-summary {output.summary} --fig-dir {output.figures} --threads {threads}"
-        " --job {params.job:q} > {log} 2>&1"
+# Comparison over models × methods × seeds and the analyses before/after RL: the
+# evaluations, histories and analyses of every run (pipeline.comparison.manifest); the
+# trained checkpoints' analyses are the decomposition and attention rules on their runs.
+C = pw.Common(config, "compare")
 
 
 rule compare:
@@ -63,76 +9,76 @@ rule compare:
         **pw.compare_inputs(config, R),
     output:
         evaluations=report(
-            f"{R}/compare/evaluations.csv",
+            paths.compare(R, "evaluations"),
             caption="../report/compare_evaluations.rst",
             category="Comparison",
             subcategory="Tables",
         ),
         comparison=report(
-            f"{R}/compare/comparison.csv",
+            paths.compare(R, "comparison"),
             caption="../report/compare_table.rst",
             category="Comparison",
             subcategory="Tables",
         ),
         differences=report(
-            f"{R}/compare/differences.csv",
+            paths.compare(R, "differences"),
             caption="../report/compare_differences.rst",
             category="Comparison",
             subcategory="Tables",
         ),
-        pass_at_k=f"{R}/compare/pass_at_k.csv",
-        training=f"{R}/compare/training.csv",
+        pass_at_k=paths.compare(R, "pass_at_k"),
+        training=paths.compare(R, "training"),
         before_after=report(
-            f"{R}/compare/before_after.csv",
+            paths.compare(R, "before_after"),
             caption="../report/compare_before_after_table.rst",
             category="Before/after RL",
         ),
         tables=report(
-            f"{R}/compare/tables.html",
+            paths.compare(R, "tables"),
             caption="../report/compare_tables.rst",
             category="Comparison",
             subcategory="Tables",
         ),
-        accuracy=report(
-            f"{R}/compare/figures/accuracy.png",
+        accuracy_fig=report(
+            paths.compare(R, "accuracy_fig"),
             caption="../report/compare_accuracy.rst",
             category="Comparison",
             subcategory="Accuracy",
         ),
-        pass_at_k_figure=report(
-            f"{R}/compare/figures/pass_at_k.png",
+        pass_at_k_fig=report(
+            paths.compare(R, "pass_at_k_fig"),
             caption="../report/compare_pass_at_k.rst",
             category="Comparison",
             subcategory="Accuracy",
         ),
-        training_figure=report(
-            f"{R}/compare/figures/training_curves.png",
+        training_fig=report(
+            paths.compare(R, "training_fig"),
             caption="../report/compare_training.rst",
             category="Training",
         ),
-        entropy_figure=report(
-            f"{R}/compare/figures/entropy_per_layer.png",
+        entropy_fig=report(
+            paths.compare(R, "entropy_fig"),
             caption="../report/compare_entropy.rst",
             category="Before/after RL",
         ),
-        attention_figure=report(
-            f"{R}/compare/figures/attention_before_after.png",
+        attention_fig=report(
+            paths.compare(R, "attention_fig"),
             caption="../report/compare_attention.rst",
             category="Before/after RL",
         ),
-        summary=f"{R}/compare/summary.json",
+        summary=paths.compare(R, "summary"),
     params:
         spec=pw.spec(pw.compare_spec(config)),
-        root=lambda wc, output: os.path.dirname(os.path.dirname(output.summary)),
-        out_dir=lambda wc, output: os.path.dirname(output.summary),
-        job=pw.job(config, "compare"),
-    threads: pw.threads(config, "compare")
+        root=lambda wc, output: paths.compare_dirs(output.summary)[0],
+        out_dir=lambda wc, output: paths.compare_dirs(output.summary)[1],
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "compare"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/compare.log",
+        C.log,
+    conda:
+        C.conda
     shell:
         "python -m pipeline compare --root {params.root} --spec {params.spec:q}"
         " --out-dir {params.out_dir} --job {params.job:q} > {log} 2>&1"

@@ -1,56 +1,64 @@
+# Decomposition of a run: a base model, or a trained checkpoint on its BASE model's
+# responses (same text, trained weights: the before/after of the comparison).
+C = pw.Common(config, "decomposition", "{run}")
+
+
 rule decomposition:
     input:
-        model=f"{R}/models/{{model}}/model",
-        responses=f"{R}/responses/{{model}}/responses.parquet",
+        unpack(lambda wc: pw.analysis_inputs(R, wc.run)),
     output:
-        table=f"{R}/decomposition/{{model}}/entropies.parquet",
-        summary=f"{R}/decomposition/{{model}}/summary.json",
-        per_layer=f"{R}/decomposition/{{model}}/per_layer.csv",
-        boundary=f"{R}/decomposition/{{model}}/boundary.json",
+        table=paths.analysis(R, "decomposition", "table"),
+        summary=paths.analysis(R, "decomposition", "summary"),
+        per_layer=paths.analysis(R, "decomposition", "per_layer"),
+        boundary=paths.analysis(R, "decomposition", "boundary"),
         figures=report(
-            directory(f"{R}/decomposition/{{model}}/figures"),
+            directory(paths.analysis(R, "decomposition", "figures")),
             patterns=["{name}.png"],
             caption="../report/decomposition.rst",
             category="Decomposition",
-            subcategory="{model}",
+            subcategory="{run}",
         ),
     params:
+        name=lambda wc: paths.run_name(wc.run),
         spec=pw.spec(config["analysis"]["decomposition"]),
-        job=lambda wc: pw.job(config, "decomposition", wc),
-    threads: pw.threads(config, "decomposition")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "decomposition"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/decomposition/{{model}}.log",
+        C.log,
+    conda:
+        C.conda
     shell:
-        "python -m pipeline decomposition --name {wildcards.model} --model-dir {input.model}"
+        "python -m pipeline decomposition --name {params.name:q} --model-dir {input.model}"
         " --responses {input.responses} --spec {params.spec:q} --out-table {output.table}"
         " --out-summary {output.summary} --out-boundary {output.boundary}"
         " --fig-dir {output.figures} --threads {threads} --job {params.job:q} > {log} 2>&1"
 
 
+C = pw.Common(config, "decomposition_compare")
+
+
 rule decomposition_compare:
     input:
-        per_layer=expand(f"{R}/decomposition/{{model}}/per_layer.csv", model=ANALYSIS_MODELS),
+        per_layer=expand(paths.analysis(R, "decomposition", "per_layer"), run=ANALYSIS_MODELS),
     output:
         report(
-            f"{R}/decomposition/compare_models.png",
+            paths.decomposition_compare(R),
             caption="../report/decomposition_compare.rst",
             category="Decomposition",
             subcategory="all models",
         ),
     params:
         names=ANALYSIS_MODELS,
-        job=pw.job(config, "decomposition_compare"),
-    threads: pw.threads(config, "decomposition_compare")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "decomposition_compare"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/decomposition_compare.log",
+        C.log,
+    conda:
+        C.conda
     shell:
         "python -m pipeline decomposition-compare --summaries {input.per_layer}"
         " --names {params.names} --out-figure {output} --job {params.job:q} > {log} 2>&1"

@@ -1,23 +1,29 @@
+# The benchmarks on a run: a base model (eval/<model>/...) or a trained checkpoint
+# (eval/<model>/<method>/seed<s>/...; its sampling seed is its training seed).
+C = pw.Common(config, "evaluate", "{run}", "{benchmark}", "seed{seed}")
+
+
 rule evaluate:
     input:
-        unpack(lambda wc: pw.evaluation_inputs(config, R, wc.model, wc.benchmark)),
+        unpack(lambda wc: pw.evaluation_inputs(config, R, wc.run, wc.benchmark)),
     output:
-        table=f"{R}/eval/{{model}}/{{benchmark}}/seed{{seed}}/samples.parquet",
-        summary=f"{R}/eval/{{model}}/{{benchmark}}/seed{{seed}}/summary.json",
+        table=paths.evaluation(R, "table"),
+        summary=paths.evaluation(R, "summary"),
     params:
+        name=lambda wc: paths.run_name(wc.run),
         spec=lambda wc: pw.spec(config["evaluation"]["benchmarks"][wc.benchmark]),
-        source=lambda wc: config["models"][wc.model]["source"],
+        source=lambda wc: pw.run_source(config, wc.run),
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
-        job=lambda wc: pw.job(config, "evaluate", wc),
-    threads: pw.threads(config, "evaluate")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "evaluate"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/evaluate/{{model}}-{{benchmark}}-seed{{seed}}.log",
+        C.log,
+    conda:
+        C.conda
     shell:
-        "python -m pipeline evaluate --name {wildcards.model} --benchmark {wildcards.benchmark}"
+        "python -m pipeline evaluate --name {params.name:q} --benchmark {wildcards.benchmark}"
         " --model-dir {input.model} --spec {params.spec:q} {params.data}"
         " --source {params.source} --seed {wildcards.seed} --out-table {output.table}"
         " --out-summary {output.summary} --threads {threads} --job {params.job:q} > {log} 2>&1"

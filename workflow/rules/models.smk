@@ -1,20 +1,23 @@
+C = pw.Common(config, "provision", "{model}")
+
+
 rule provision:
     input:
         data=lambda wc: pw.provision_inputs(config, R, wc.model),
     output:
-        model=directory(f"{R}/models/{{model}}/model"),
-        summary=f"{R}/models/{{model}}/provision.json",
+        model=directory(paths.model_dir(R)),
+        summary=paths.provision_summary(R),
     params:
         spec=lambda wc: pw.spec(config["models"][wc.model]),
         data=lambda wc, input: f"--data {input.data}" if input.data else "",
-        job=lambda wc: pw.job(config, "provision", wc),
-    threads: pw.threads(config, "provision")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "provision"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/provision/{{model}}.log",
+        C.log,
+    conda:
+        C.conda
     shell:
         "python -m pipeline provision --name {wildcards.model} --spec {params.spec:q}"
         " {params.data} --out {output.model} --summary {output.summary}"

@@ -1,23 +1,26 @@
+C = pw.Common(config, "report_summary")
+
+
 rule report_summary:
     input:
         evals=pw.evaluation_targets(config, R) + pw.rl_evaluation_targets(config, R),
-        provisions=expand(f"{R}/models/{{model}}/provision.json", model=MODELS),
+        provisions=expand(paths.provision_summary(R), model=MODELS),
     output:
-        csv=f"{R}/summary/evaluation.csv",
+        csv=paths.summary(R, "csv"),
         figure=report(
-            f"{R}/summary/evaluation.png",
+            paths.summary(R, "figure"),
             caption="../report/evaluation.rst",
             category="Evaluation",
         ),
     params:
-        job=pw.job(config, "report_summary"),
-    threads: pw.threads(config, "report_summary")
+        job=C.job,
+    threads: C.threads
     resources:
-        **pw.resources(config, "report_summary"),
-    conda:
-        "../envs/pipeline.yaml"
+        **C.resources,
     log:
-        f"{R}/logs/report_summary.log",
+        C.log,
+    conda:
+        C.conda
     shell:
         "python -m pipeline summarize --evals {input.evals} --provisions {input.provisions}"
         " --out-csv {output.csv} --out-figure {output.figure} --job {params.job:q} > {log} 2>&1"

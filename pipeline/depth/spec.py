@@ -1,0 +1,178 @@
+"""The depth stage's settings (docs/methods.md §4): :data:`DEFAULT_SPEC`, :func:`resolve_spec`
+(defaults + overrides, validated), the names the stage's outputs carry, and which tables
+and figures a spec makes it write (:func:`output_tables`, :func:`output_figures`: what the
+DAG declares).
+
+Cheap to import (no torch, transformers or matplotlib): :mod:`pipeline.config` validates
+``analysis.depth`` with :func:`resolve_spec`, and ``workflow/rules/depth.smk`` lists the
+outputs with it, while Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.depth.prompts import CONTENT_TAGS, FUNCTION_TAGS, SPACY_MODEL
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "lenses": ["logit", "tuned"],
+    # None = auto (tokenizer vocabulary < 1000 → the model's own Countdown text)
+    "builtin_text": None,
+    "batch_size": 16,
+    "tuned": {
+        "source": "openwebtext",          # training text
+        "heldout_source": "wikipedia",    # held-out KL text
+        "steps": 24,
+        "tokens_per_step": 64,
+        "seq_len": 64,
+        "lr": 0.2,
+        "warmup_steps": 0,
+        "momentum": 0.9,
+        "weight_decay": 1e-3,
+        "grad_clip": 1.0,
+        "alignment": "input",
+        "n_train_texts": 200,
+        "heldout_windows": 2,
+        "heldout_seq_len": 128,
+        "seed": 0,
+    },
+    "baseline": {"source": "wikipedia", "n_prompts": 150, "min_words": 16, "max_words": 48,
+                 "seed": 0},
+    "frequency": {"source": "openwebtext", "n_texts": 1000},
+    "facts": {"n_facts": 120, "max_answer_tokens": 3, "min_answer_tokens": 2,
+              "relations": None, "seed": 0},
+    "mcq": {"shots": 4, "n_problems": 32, "seed": 0, "max_chars": 300},
+    "pos": {"n_passages": 150, "source": None, "seed": None, "min_words": 8, "max_words": 48,
+            "function_tags": list(FUNCTION_TAGS), "content_tags": list(CONTENT_TAGS),
+            "spacy_model": SPACY_MODEL},
+    "decision_depth": {"n_ks": 200, "k_max": 10000.0},
+    "claims": {"early_frac": 0.25, "min_n": 5},
+    "builtin": {"n_prompts": 300, "n_freq_texts": 1000, "seed": 1,
+                "countdown": {"num_numbers": 3, "min_number": 1, "max_number": 30,
+                              "min_target": 1, "max_target": 100}},
+}
+"""Stage settings, sized for a 2-core CPU (SmolLM2-135M: about 3.7 min on one thread, plus
+≈ 47 s for the POS set of 150 passages; the paper's lens recipe is 250 steps × 2^18
+tokens — raise ``tuned.steps`` / ``tokens_per_step`` on a GPU, see config/depth-paper.yaml).
+``batch_size``: prompts per forward (facts use 2×, MCQ ½×, POS one passage per prompt).
+Every ``source`` is a name of :data:`pipeline.data.SOURCES` (the pinned registry
+passages) or a :func:`pipeline.data.load_source` call as a mapping ``{"name", "hub_id" |
+"path", "config", "split", "revision", "columns", "limit"}`` (config/depth-paper.yaml trains
+the lens on WikiText-103 from the hub). ``tuned`` is passed to :func:`train_tuned_lens`
+(lr 0.2: twice the library's 0.1, still stable at the last layers for this budget; short
+windows make the position-0 attention sink weigh more, so ``heldout_seq_len`` is longer);
+``baseline.max_words`` truncates each passage before it is cut (bounds the context, hence
+the forward cost); ``facts`` keeps facts whose answer has at least ``min_answer_tokens``
+tokens (the paper's multi-token answers);
+``mcq.max_chars`` keeps MMLU items whose question + choices have at most that many
+characters (None = all); ``pos``: the POS case study (natural text only) tags the first
+``n_passages`` passages (0 = off) of ``source`` (None = ``baseline.source``) that
+:func:`~pipeline.depth.cut_passages` visits with ``seed`` (None = ``baseline.seed``), each
+truncated to ``max_words`` words, with the spaCy pipeline ``spacy_model``; the target of
+each tag in ``function_tags`` + ``content_tags`` is its first word with at least
+``min_words`` words before it; ``claims.early_frac``: the "early" layers are
+h[1]..h[max(1, ⌊early_frac·L⌋)]; claims need ``min_n`` prompts per group (else ``holds``
+is None). ``builtin``: the Countdown text of builtin models (``n_prompts`` BASELINE prompts,
+``n_freq_texts`` frequency texts, ``tuned.n_train_texts`` lens texts; generator settings in
+``countdown`` — pass the experiment's ``countdown`` settings)."""
+
+LENS_NAMES = ("logit", "tuned")
+KEY_KS = (1, 10, 100, 1000)  # thresholds always in the decision-depth table and summary
+BUILTIN_TEXT_KIND = "builtin-task text (Countdown prompt+trace)"
+NATURAL_TEXT_KIND = "natural text"
+TOKEN_CLASSES = ("digit", "operator", "bracket", "other")
+
+#: Keys of a text source given as a mapping: a :func:`pipeline.data.load_source` call.
+SOURCE_KEYS = ("name", "path", "hub_id", "config", "split", "revision", "columns", "limit")
+
+
+def source_key(source: str | Mapping[str, Any]) -> str:
+    """A text source as a hashable key: the name, or the mapping as sorted JSON."""
+    return source if isinstance(source, str) else json.dumps(dict(source), sort_keys=True)
+
+
+def _check_source(source: Any, path: str) -> None:
+    if isinstance(source, str):
+        return
+    if not isinstance(source, Mapping) or "name" not in source:
+        raise ValueError(f"depth spec: {path} must be a source name or a mapping with "
+                         f"'name' (and any of {SOURCE_KEYS[1:]}), got {source!r}")
+    if bad := sorted(set(source) - set(SOURCE_KEYS)):
+        raise ValueError(f"depth spec: unknown key {path}.{bad[0]} (known: {SOURCE_KEYS})")
+
+
+def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    """DEFAULT_SPEC with ``spec`` merged in (nested dicts key by key); an unknown key is a
+    ``ValueError`` naming its path."""
+    out = copy.deepcopy(DEFAULT_SPEC)
+
+    def merge(base: dict, new: Mapping, path: str) -> None:
+        for k, v in new.items():
+            if k not in base:
+                raise ValueError(f"depth spec: unknown key {path}{k}")
+            if isinstance(base[k], dict) and isinstance(v, Mapping) and k != "countdown":
+                merge(base[k], v, f"{path}{k}.")
+            elif isinstance(base[k], dict) and isinstance(v, Mapping):
+                base[k] = {**base[k], **dict(v)}
+            else:
+                base[k] = copy.deepcopy(v)
+
+    merge(out, spec or {}, "")
+    for path in ("tuned.source", "tuned.heldout_source", "baseline.source", "frequency.source",
+                 "pos.source"):
+        part, key = path.split(".")
+        if not (path == "pos.source" and out[part][key] is None):
+            _check_source(out[part][key], path)
+    bad = [x for x in out["lenses"] if x not in LENS_NAMES]
+    if bad or not out["lenses"]:
+        raise ValueError(f"depth spec: lenses must be a non-empty subset of {LENS_NAMES}, "
+                         f"got {out['lenses']}")
+    return out
+
+
+def is_builtin(tokenizer, spec: Mapping[str, Any]) -> bool:
+    """Builtin-task text path: ``spec["builtin_text"]`` if set, else vocabulary < 1000."""
+    flag = spec.get("builtin_text")
+    return bool(flag) if flag is not None else len(tokenizer) < 1000
+
+
+def expects_builtin_text(spec: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
+    """The text kind the DAG decides for a model section ``models.<m>`` before any
+    tokenizer is loaded (and passes to the stage as ``builtin_text``): ``builtin_text``
+    if set, else :func:`pipeline.config.is_builtin` (builtin models; their character
+    tokenizers have fewer than 1000 entries, hub and gguf ones more)."""
+    from pipeline.config import is_builtin as builtin_model
+
+    flag = spec.get("builtin_text")
+    return bool(flag) if flag is not None else builtin_model(model)
+
+
+def output_tables(spec: Mapping[str, Any], *, builtin: bool) -> list[str]:
+    """Names of the tables :func:`pipeline.depth.stage.run_depth` returns for the resolved
+    ``spec`` on builtin-task (``builtin``) or natural text, when it trains the tuned lens
+    itself (no ``lens`` given). Data can still drop some: the facts tables when no fact
+    tokenises cleanly, the POS tables when no POS prompt can be built."""
+    names = ["lens_history"] if "tuned" in spec["lenses"] else []
+    names += ["kl", "frequency", "baseline_prompts", "baseline", "decision_depth",
+              "bucket_mix", "flip_rates"]
+    if builtin:
+        return names + ["token_classes", "token_class_summary"]
+    names += ["facts", "facts_summary", "mcq", "mcq_layers"]
+    if int(spec["pos"]["n_passages"]):
+        names += ["pos", "pos_summary", "pos_decision_depth"]
+    return names
+
+
+def output_figures(spec: Mapping[str, Any], *, builtin: bool) -> list[str]:
+    """File names of the figures :func:`pipeline.depth.figures.figures` draws from those
+    tables (same caveats as :func:`output_tables`)."""
+    names = ["kl_per_layer.png", "decision_depth.png", "bucket_mix.png", "flip_rates.png"]
+    if builtin:
+        return names + ["token_classes.png"]
+    names += ["facts_earliest_layer.png", "mcq_layers.png"]
+    if int(spec["pos"]["n_passages"]):
+        names += ["pos_earliest_layer.png", "pos_decision_depth.png"]
+    return names
