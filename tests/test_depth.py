@@ -398,8 +398,8 @@ def test_tuned_lens_library_parity(tmp_path):
 
 # --- metrics --------------------------------------------------------------------------------
 
-def _loop_earliest(row, k, stays):
-    for j in range(len(row)):
+def _loop_earliest(row, k, stays, include_embedding=False):
+    for j in range(0 if include_embedding else 1, len(row)):
         if row[j] <= k and (not stays or all(r <= k for r in row[j:])):
             return j
     return -1
@@ -412,9 +412,10 @@ def test_earliest_layer_and_curve_match_loops():
     ranks[5] = 5000
     for k in (1, 2, 5, 10, 37.5, 1000):
         for stays in (False, True):
-            got = earliest_layer(ranks, k, stays=stays)
-            want = [_loop_earliest(r.tolist(), k, stays) for r in ranks]
-            assert got.tolist() == want
+            for emb in (False, True):
+                got = earliest_layer(ranks, k, stays=stays, include_embedding=emb)
+                want = [_loop_earliest(r.tolist(), k, stays, emb) for r in ranks]
+                assert got.tolist() == want
     ks = [1, 3, 10, 100]
     curve = decision_depth_curve(ranks, ks)
     assert len(curve) == 2 * len(ks) and set(curve["variant"]) == {"first", "stays"}

@@ -180,10 +180,10 @@ def check_common(tables: dict, summary: dict, num_layers: int) -> None:
     for name in lenses:
         ranks = base[base.lens == name].pivot(index="prompt", columns="layer", values="rank")
         for k in (1, 10):
-            hit = (ranks.to_numpy() <= k)
-            first = np.where(hit.any(1), hit.argmax(1), -1)
+            hit = (ranks.to_numpy()[:, 1:] <= k)  # blocks 1..L (docs/methods.md §4.4)
+            first = np.where(hit.any(1), hit.argmax(1) + 1, -1)
             stays_flags = np.flip(np.cumprod(np.flip(hit, 1), 1), 1).astype(bool)
-            stays = np.where(stays_flags.any(1), stays_flags.argmax(1), -1)
+            stays = np.where(stays_flags.any(1), stays_flags.argmax(1) + 1, -1)
             for variant, e in (("first", first), ("stays", stays)):
                 want = e[e >= 0].mean()
                 got = summary["baseline"]["mean_earliest_layer"][name][f"{variant}_k{k}"]

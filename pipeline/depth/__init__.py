@@ -16,7 +16,8 @@ Public API::
     train_tuned_lens(model, tokenizer, texts, *, steps, tokens_per_step, lr, ...)
         -> (lens, history DataFrame)
     per_layer_kl(model, lens_or_None, texts, *, tokenizer, ...) -> [L+1] nats
-    earliest_layer(ranks, k, *, stays=False) -> [N];  decision_depth_curve(ranks, ks)
+    earliest_layer(ranks, k, *, stays=False, include_embedding=False) -> [N] (h[1]..h[L]);
+    decision_depth_curve(ranks, ks, *, include_embedding=False)
     frequency_ranks(tokenizer, texts) -> (counts, freq_rank);  bucket_of(ids, freq_rank)
     bucket_mix(top1, final, freq_rank);  flip_rates(top1, final, freq_rank)
     prompts: cut_passages, teacher_forced_fact_prompts, mcq_prompts, pos_prompts;

@@ -102,7 +102,8 @@ def token_class(text: str) -> str:
 
 
 def token_class_study(tokenizer, preds: Preds, baseline_prompts: pd.DataFrame, *,
-                      num_layers: int, primary_lens: str) -> Study:
+                      num_layers: int, primary_lens: str,
+                      include_embedding: bool = False) -> Study:
     """Builtin-task text: the BASELINE read-outs by class of the true next token
     (:func:`token_class`), correct-only earliest layers per class."""
     true_next = baseline_prompts["true_next"].to_numpy()
@@ -110,8 +111,9 @@ def token_class_study(tokenizer, preds: Preds, baseline_prompts: pd.DataFrame, *
     classes = [token_class(tokenizer.decode([int(t)])) for t in true_next]
     rows = []
     for name, r in preds.items():
-        e1 = earliest_layer(r["ranks"], 1).numpy()
-        e1s = earliest_layer(r["ranks"], 1, stays=True).numpy()
+        e1 = earliest_layer(r["ranks"], 1, include_embedding=include_embedding).numpy()
+        e1s = earliest_layer(r["ranks"], 1, stays=True,
+                             include_embedding=include_embedding).numpy()
         rows.append(pd.DataFrame({"lens": name, "prompt": np.arange(len(true_next)),
                                   "token_class": classes, "true_next": true_next,
                                   "correct": final == true_next,
@@ -139,6 +141,7 @@ def facts_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, ca
     from pipeline.data import load_source
 
     fs = spec["facts"]
+    emb = bool(spec["decision_depth"]["include_embedding"])
     facts = load_source("facts", cache_dir=cache_dir, split=fs["relations"])
     facts = shuffled(facts, int(fs["seed"]))
     recs: list[dict[str, Any]] = []
@@ -173,8 +176,9 @@ def facts_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, ca
             "target": p["targets"],
             "target_text": [tokenizer.decode([int(t)]) for t in p["targets"]],
             "final": p["final"], "correct": p["final"] == p["targets"],
-            "earliest_k1": earliest_layer(p["ranks"], 1).numpy(),
-            "earliest_k1_stays": earliest_layer(p["ranks"], 1, stays=True).numpy()}))
+            "earliest_k1": earliest_layer(p["ranks"], 1, include_embedding=emb).numpy(),
+            "earliest_k1_stays": earliest_layer(p["ranks"], 1, stays=True,
+                                                include_embedding=emb).numpy()}))
     detail = pd.concat(rows, ignore_index=True)
     fsum = earliest_summary(detail, "answer_token", num_layers=num_layers)
     first = fsum[fsum.variant == "first"]
@@ -301,6 +305,7 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
     passage, lens read-outs of the correct prompts only."""
     t0 = time.perf_counter()
     ps = dict(spec["pos"])
+    emb = bool(spec["decision_depth"]["include_embedding"])
     seed = int(spec["baseline"]["seed"] if ps["seed"] is None else ps["seed"])
     recs, counts = pos_prompt_set(tokenizer, texts, ps, seed=seed)
     t_prompts = time.perf_counter() - t0
@@ -326,8 +331,9 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
     upos = np.asarray([r["upos"] for r in recs], dtype=object)
     for name, p in preds.items():
         ok = p["evaluated"]  # = correct: greedy token == the word's first token
-        e1 = np.where(ok, earliest_layer(p["ranks"], 1).numpy(), -1)
-        e1s = np.where(ok, earliest_layer(p["ranks"], 1, stays=True).numpy(), -1)
+        e1 = np.where(ok, earliest_layer(p["ranks"], 1, include_embedding=emb).numpy(), -1)
+        e1s = np.where(ok, earliest_layer(p["ranks"], 1, stays=True,
+                                          include_embedding=emb).numpy(), -1)
         rows.append(pd.DataFrame({
             "lens": name, "id": [r["id"] for r in recs],
             "passage": [r["passage"] for r in recs], "upos": upos,
@@ -339,7 +345,8 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
             "earliest_k1": e1, "earliest_k1_stays": e1s}))
         for tag in tags:
             m = ok & (upos == tag)
-            curves.append(decision_depth_curve(p["ranks"][m], ks).assign(
+            curves.append(decision_depth_curve(p["ranks"][m], ks,
+                                               include_embedding=emb).assign(
                 lens=name, upos=tag, word_class="function" if tag in ps["function_tags"]
                 else "content"))
     detail = pd.concat(rows, ignore_index=True)

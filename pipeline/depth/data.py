@@ -218,10 +218,12 @@ def baseline_long(preds: Preds, freq_rank: np.ndarray) -> pd.DataFrame:
 
 
 def baseline_tables(preds: Preds, recs: Sequence[Mapping[str, Any]], prompts: Sequence,
-                    tokenizer, freq_rank: np.ndarray, ks: np.ndarray, *, builtin: bool
-                    ) -> dict[str, pd.DataFrame]:
+                    tokenizer, freq_rank: np.ndarray, ks: np.ndarray, *, builtin: bool,
+                    include_embedding: bool = False) -> dict[str, pd.DataFrame]:
     """``baseline_prompts``, ``baseline``, ``decision_depth``, ``bucket_mix`` and
-    ``flip_rates`` (module docstring) of the BASELINE read-outs."""
+    ``flip_rates`` (module docstring) of the BASELINE read-outs; decision depth over
+    blocks 1..L unless ``include_embedding`` (docs/methods.md §4.4)."""
+    emb = include_embedding
     first = next(iter(preds.values()))
     final = first["final"]
     true_next = np.array([r.get("true_next", -1) for r in recs], dtype=np.int64)
@@ -238,7 +240,8 @@ def baseline_tables(preds: Preds, recs: Sequence[Mapping[str, Any]], prompts: Se
         "correct": (final == true_next).astype(float) if builtin else np.nan})}
     tables["baseline"] = baseline_long(preds, freq_rank)
     per_lens = {
-        "decision_depth": lambda r: decision_depth_curve(r["ranks"], ks),
+        "decision_depth": lambda r: decision_depth_curve(r["ranks"], ks,
+                                                         include_embedding=emb),
         "bucket_mix": lambda r: bucket_mix(r["top1"], r["final"], freq_rank),
         "flip_rates": lambda r: flip_rates(r["top1"], r["final"], freq_rank)}
     for key, fn in per_lens.items():

@@ -25,20 +25,27 @@ def _as_tensor(x: Tensor | np.ndarray | Sequence) -> Tensor:
     return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def first_true(flags: Tensor | np.ndarray, *, stays: bool = False) -> Tensor:
-    """First column index where ``flags`` [N, C] is true (−1 if never). ``stays``: the first
-    column from which the flag holds through the last column (−1 if the last is false)."""
-    flags = _as_tensor(flags).bool()
+def first_true(flags: Tensor | np.ndarray, *, stays: bool = False, start: int = 0) -> Tensor:
+    """First column index ≥ ``start`` where ``flags`` [N, C] is true (−1 if never), in the
+    original column numbering. ``stays``: the first such column from which the flag holds
+    through the last column (−1 if the last is false)."""
+    flags = _as_tensor(flags).bool()[:, start:]
     if stays:
         flags = flags.flip(-1).long().cumprod(-1).flip(-1).bool()
-    idx = flags.long().argmax(-1)
+    idx = flags.long().argmax(-1) + start
     return torch.where(flags.any(-1), idx, torch.full_like(idx, -1))
 
 
-def earliest_layer(ranks: Tensor | np.ndarray, k: float, *, stays: bool = False) -> Tensor:
+def earliest_layer(ranks: Tensor | np.ndarray, k: float, *, stays: bool = False,
+                   include_embedding: bool = False) -> Tensor:
     """First layer with ``rank ≤ k`` per prompt, LongTensor [N] (−1 if never); ``stays``:
-    first layer from which the rank stays ≤ k up to h[L]."""
-    return first_true(_as_tensor(ranks) <= k, stays=stays)
+    first layer from which the rank stays ≤ k up to h[L].
+
+    ``ranks`` is [N, L+1] over h[0]..h[L]; the result keeps that h-index numbering. By
+    default the search ranges over blocks 1..L (h[1]..h[L]) as in the authors' scripts
+    (their 0-based block index is this value − 1, docs/methods.md §4.4);
+    ``include_embedding=True`` also lets h[0] (the embedding output) count."""
+    return first_true(_as_tensor(ranks) <= k, stays=stays, start=0 if include_embedding else 1)
 
 
 def log_spaced_ks(num: int = 200, k_min: float = 1.0, k_max: float = 1e4) -> np.ndarray:
@@ -46,9 +53,10 @@ def log_spaced_ks(num: int = 200, k_min: float = 1.0, k_max: float = 1e4) -> np.
     return np.logspace(np.log10(k_min), np.log10(k_max), num)
 
 
-def decision_depth_curve(ranks: Tensor | np.ndarray, ks: Iterable[float] | None = None
-                         ) -> pd.DataFrame:
-    """Mean earliest layer at each threshold k, over the prompts that ever reach it.
+def decision_depth_curve(ranks: Tensor | np.ndarray, ks: Iterable[float] | None = None, *,
+                         include_embedding: bool = False) -> pd.DataFrame:
+    """Mean earliest layer at each threshold k, over the prompts that ever reach it
+    (:func:`earliest_layer`: blocks 1..L unless ``include_embedding``).
 
     One row per (variant, k): ``variant`` "first" (docs/methods.md default) or "stays";
     ``mean_layer`` (NaN if no prompt reaches k), ``mean_layer_rel`` (= mean_layer / L, to
@@ -61,7 +69,8 @@ def decision_depth_curve(ranks: Tensor | np.ndarray, ks: Iterable[float] | None 
     rows = []
     for variant, stays in (("first", False), ("stays", True)):
         for k in ks:
-            e = earliest_layer(ranks, float(k), stays=stays)
+            e = earliest_layer(ranks, float(k), stays=stays,
+                               include_embedding=include_embedding)
             hit = e >= 0
             m = int(hit.sum())
             mean = float(e[hit].double().mean()) if m else float("nan")

@@ -48,7 +48,8 @@ DEFAULT_SPEC: dict[str, Any] = {
     "pos": {"n_passages": 150, "source": None, "seed": None, "min_words": 8, "max_words": 48,
             "function_tags": list(FUNCTION_TAGS), "content_tags": list(CONTENT_TAGS),
             "spacy_model": SPACY_MODEL},
-    "decision_depth": {"n_ks": 200, "k_max": 10000.0},
+    # include_embedding: false = the authors' convention (earliest layer over h[1]..h[L])
+    "decision_depth": {"n_ks": 200, "k_max": 10000.0, "include_embedding": False},
     "claims": {"early_frac": 0.25, "min_n": 5},
     "builtin": {"n_prompts": 300, "n_freq_texts": 1000, "seed": 1,
                 "countdown": {"num_numbers": 3, "min_number": 1, "max_number": 30,

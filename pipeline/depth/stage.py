@@ -205,8 +205,9 @@ def run_depth(
                                    batch_size=int(spec["batch_size"]), progress=progress,
                                    desc="baseline")
     ks = decision_ks(spec)
+    emb = bool(spec["decision_depth"]["include_embedding"])
     tables.update(baseline_tables(preds, recs, prompts, tokenizer, freq_rank, ks,
-                                  builtin=builtin))
+                                  builtin=builtin, include_embedding=emb))
     summary["baseline"] = baseline_summary(tables, list(preds), builtin=builtin,
                                            source=sources.get("baseline", sources.get("all")))
     timings["baseline"] = time.perf_counter() - t0
@@ -217,7 +218,7 @@ def run_depth(
         studies.append(("token_classes", token_class_study, {
             "tokenizer": tokenizer, "preds": preds,
             "baseline_prompts": tables["baseline_prompts"], "num_layers": L,
-            "primary_lens": summary["primary_lens"]}))
+            "primary_lens": summary["primary_lens"], "include_embedding": emb}))
     else:
         common = {"model": model, "tokenizer": tokenizer, "spec": spec, "lenses": lenses,
                   "progress": progress}
