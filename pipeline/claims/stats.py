@@ -74,20 +74,29 @@ def percentile(replicates: np.ndarray, conf: float = CONF) -> tuple[float, float
     return float(lo), float(hi)
 
 
+def _prepare(values, kind: str, conf: float) -> tuple[np.ndarray, int, Interval | None]:
+    """Finite values, their count, and the interval of n = 0 (all NaN) or n = 1 (the value
+    with NaN bounds), else None."""
+    _check_conf(conf)
+    arr = finite(values)
+    n = arr.size
+    if n == 0:
+        return arr, 0, Interval(math.nan, math.nan, math.nan, 0, kind, conf=conf)
+    if n == 1:
+        return arr, 1, Interval(float(arr[0]), math.nan, math.nan, 1, kind, conf=conf)
+    return arr, n, None
+
+
 def bootstrap_mean_ci(values: Any, *, n_boot: int = N_BOOT, conf: float = CONF,
                       seed: int | np.random.Generator = 0) -> Interval:
     """Percentile bootstrap interval of the mean over the finite units (§9.2): ``n_boot``
     resamples with replacement (:func:`resample_indices`), the mean of each, and their
     ``(1±conf)/2`` quantiles. ``se`` = s/√n (ddof=1). n = 0 → all NaN; n = 1 → the value
     with NaN bounds."""
-    _check_conf(conf)
-    arr = finite(values)
-    n = arr.size
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, "bootstrap", conf=conf)
+    arr, n, small = _prepare(values, "bootstrap", conf)
+    if small is not None:
+        return small
     mean = float(arr.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, 1, "bootstrap", conf=conf)
     reps = np.concatenate([arr[idx].mean(axis=1) for idx in _boot_blocks(n, n_boot, seed)])
     lo, hi = percentile(reps, conf)
     se = float(arr.std(ddof=1)) / math.sqrt(n)
@@ -142,14 +151,10 @@ def t_interval(values: Any, conf: float = CONF) -> Interval:
     """Student-t interval of the mean over the finite values (per-seed values, §9.3):
     ``mean ± t_{(1+conf)/2, n−1} · s/√n``, s with ddof=1 (as §7). n = 0 → all NaN;
     n = 1 → the value with NaN bounds."""
-    _check_conf(conf)
-    arr = finite(values)
-    n = arr.size
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, "t", conf=conf)
+    arr, n, small = _prepare(values, "t", conf)
+    if small is not None:
+        return small
     mean = float(arr.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, 1, "t", conf=conf)
     se = float(arr.std(ddof=1)) / math.sqrt(n)
     half = t_quantile(conf, n - 1) * se
     return Interval(mean, mean - half, mean + half, n, "t", se, conf)
