@@ -63,8 +63,8 @@ class Criterion:
 
 
 @dataclass(frozen=True)
-class Greater(Criterion):
-    """``x > threshold``: holds if ci_low > threshold, fails if ci_high ≤ threshold."""
+class _Threshold(Criterion):
+    """A criterion with one boundary, ``threshold``."""
 
     threshold: float
     label: str | None = None
@@ -72,6 +72,11 @@ class Greater(Criterion):
     @property
     def boundaries(self) -> tuple[float, ...]:
         return (self.threshold,)
+
+
+@dataclass(frozen=True)
+class Greater(_Threshold):
+    """``x > threshold``: holds if ci_low > threshold, fails if ci_high ≤ threshold."""
 
     def _default_text(self) -> str:
         return f"> {_g(self.threshold)}"
@@ -83,15 +88,8 @@ class Greater(Criterion):
 
 
 @dataclass(frozen=True)
-class Less(Criterion):
+class Less(_Threshold):
     """``x < threshold``: holds if ci_high < threshold, fails if ci_low ≥ threshold."""
-
-    threshold: float
-    label: str | None = None
-
-    @property
-    def boundaries(self) -> tuple[float, ...]:
-        return (self.threshold,)
 
     def _default_text(self) -> str:
         return f"< {_g(self.threshold)}"
