@@ -209,3 +209,15 @@ def test_unembed_checkpointed_gradients_equal_unchunked():
     head.zero_grad()
     frozen.log_probs(x).sum().backward()
     assert head.weight.grad is None or not head.weight.grad.any()
+
+
+def test_live_unembed_of_half_head_makes_no_fp32_copy():
+    """The trainable path reads the live head; the fp32 copy is made only when a no-grad
+    reduction (entropy) or the frozen path asks for it."""
+    head = nn.Linear(16, 40).to(torch.bfloat16)
+    un = Unembed(head)
+    x = torch.randn(5, 16, dtype=torch.bfloat16)
+    un.target_logprobs(x, torch.randint(0, 40, (5,)))
+    assert un._fp32 is None
+    un.entropy(x)
+    assert un.weight.dtype == torch.float32 and un._fp32 is not None

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.model_access import (
+    DecoderLayout,
     Point,
     find_layout,
     position_ids,
@@ -56,13 +57,13 @@ OnLayer = Callable[[int, nn.Module, Tensor, Tensor], None]
 
 
 def find_attention_modules(
-    model: nn.Module, pattern: str = DEFAULT_ATTN_PATTERN
+    model: nn.Module, pattern: str = DEFAULT_ATTN_PATTERN, *, layout: DecoderLayout | None = None
 ) -> dict[int, nn.Module]:
     """Attention modules by 0-based decoder-block index: the blocks' attention modules
-    (:func:`pipeline.model_access.find_layout`), or, for a custom ``pattern``, the modules
-    whose names match it; ValueError if none match."""
+    (:func:`pipeline.model_access.find_layout`, or the ``layout`` given), or, for a custom
+    ``pattern``, the modules whose names match it; ValueError if none match."""
     if pattern == DEFAULT_ATTN_PATTERN:
-        return {i: blk.attn for i, blk in enumerate(find_layout(model).blocks)}
+        return {i: blk.attn for i, blk in enumerate((layout or find_layout(model)).blocks)}
     rx = re.compile(pattern)
     found: dict[int, nn.Module] = {}
     for name, module in model.named_modules():
@@ -89,10 +90,12 @@ def default_layers(n_layers: int, n: int = 5) -> list[int]:
 
 
 def resolve_layers(
-    model: nn.Module, layers: Sequence[int] | None, pattern: str = DEFAULT_ATTN_PATTERN
+    model: nn.Module, layers: Sequence[int] | None, pattern: str = DEFAULT_ATTN_PATTERN, *,
+    modules: dict[int, nn.Module] | None = None,
 ) -> list[int]:
-    """Sorted unique 0-based layers (``None`` → :func:`default_layers`), validated."""
-    modules = find_attention_modules(model, pattern)
+    """Sorted unique 0-based layers (``None`` → :func:`default_layers`), validated against
+    ``modules`` (default: :func:`find_attention_modules`)."""
+    modules = modules if modules is not None else find_attention_modules(model, pattern)
     n_layers = max(modules) + 1
     chosen = default_layers(n_layers) if layers is None else sorted(set(int(x) for x in layers))
     if not chosen:
@@ -106,9 +109,9 @@ def resolve_layers(
     return chosen
 
 
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids counted over real tokens (:func:`pipeline.model_access.position_ids`)."""
-    return position_ids(attention_mask)
+#: Position ids counted over real tokens (the public name kept for
+#: :func:`pipeline.model_access.position_ids`).
+positions_from_mask = position_ids
 
 
 def run_capture(
@@ -125,9 +128,9 @@ def run_capture(
     (ascending); the forward stops before the last one's attention computes (its q/k come
     from its normed input). Returns the resolved layers.
     Position ids default to :func:`positions_from_mask`."""
-    chosen = resolve_layers(model, layers, pattern)
-    modules = find_attention_modules(model, pattern)
     layout = find_layout(model)
+    modules = find_attention_modules(model, pattern, layout=layout)
+    chosen = resolve_layers(model, layers, pattern, modules=modules)
     for i in chosen:
         if modules[i] is not layout.blocks[i].attn:
             raise ValueError(f"pattern {pattern!r} picks {type(modules[i]).__name__} in block "

@@ -29,9 +29,9 @@ from pipeline.model_access import (
 MODULE_KEYS = ("attn", "ffn", "attn_in", "ffn_in", "cos_attn", "cos_ffn")
 
 
-def position_ids_from_mask(mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only (:func:`pipeline.model_access.position_ids`)."""
-    return position_ids(mask)
+#: Positions counted over real tokens only (the public name kept for
+#: :func:`pipeline.model_access.position_ids`).
+position_ids_from_mask = position_ids
 
 
 @torch.no_grad()

@@ -124,10 +124,7 @@ class Unembed:
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = int(chunk_rows)
-        w = weight.detach()
-        self.weight = w.to(torch.float32)  # [V, d]; a view when already fp32
-        bias = getattr(lm_head, "bias", None)
-        self.bias = None if bias is None else bias.detach().to(torch.float32)
+        self._fp32: tuple[Tensor, Tensor | None] | None = None
         self._norm_state: dict[str, Tensor] = {}
         if frozen and norm is not None:
             for name, p in norm.named_parameters():
@@ -136,6 +133,24 @@ class Unembed:
                 self._norm_state[name] = b.detach().to(self.device)
         self._z: Tensor | None = None
         self._p: Tensor | None = None
+
+    @property
+    def weight(self) -> Tensor:
+        """Detached fp32 ``W_U`` [V, d] (a view when already fp32; for a half-precision
+        head a copy, made on first use only: the live trainable path never needs it)."""
+        return self._fp32_params()[0]
+
+    @property
+    def bias(self) -> Tensor | None:
+        """Detached fp32 bias [V] of the head, or None."""
+        return self._fp32_params()[1]
+
+    def _fp32_params(self) -> tuple[Tensor, Tensor | None]:
+        if self._fp32 is None:
+            bias = getattr(self.head, "bias", None)
+            self._fp32 = (self.head.weight.detach().to(torch.float32),
+                          None if bias is None else bias.detach().to(torch.float32))
+        return self._fp32
 
     # ---------------------------------------------------------------- logits of one chunk
     def chunks(self, n_rows: int) -> list[slice]:
@@ -267,8 +282,16 @@ class UnembeddingEntropy(Unembed):
     def __init__(self, lm_head: nn.Module, *, final_norm: nn.Module | None = None,
                  softcap: float | None = None, chunk_tokens: int | None = None) -> None:
         super().__init__(lm_head, norm=final_norm, softcap=softcap, chunk_rows=chunk_tokens)
-        self.chunk_tokens = self.chunk_rows
-        self.final_norm = final_norm
+
+    @property
+    def chunk_tokens(self) -> int:
+        """Rows per GEMM (the decomposition's name for :attr:`chunk_rows`)."""
+        return self.chunk_rows
+
+    @property
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied first (the decomposition's name for :attr:`norm`)."""
+        return self.norm
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.entropy(x)
