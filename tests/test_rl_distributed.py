@@ -292,7 +292,7 @@ def test_shard_and_gather_order():
 
 def test_fsdp_launch_is_refused(monkeypatch, char_tokenizer, tmp_path):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(SystemExit, match="FSDP training is not supported") as err:
+    with pytest.raises(SystemExit, match="accelerate.s FSDP plugin is not supported") as err:
         train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward,
               _train_cfg(steps=1), prompt_fn=prompt_fn, out_dir=tmp_path)
     assert "\n" not in str(err.value)

@@ -30,6 +30,8 @@ from pipeline.config import resolve_prompt_style
     CACHE_DIR,
     arg("--boundary", default=None, help="decomposition boundary.json (bupo_layer: boundary)"),
     arg("--out-dir", required=True, help="run directory: model/, history.json, checkpoint/"),
+    arg("--distributed", default="ddp", choices=("ddp", "fsdp2"),
+        help="several processes: data parallel (ddp) or sharded (fsdp2)"),
     THREADS,
     JOB,
 )
@@ -53,13 +55,15 @@ def train(ns: argparse.Namespace) -> None:
         k = io.read_json(ns.boundary)["boundary_layer"] if ns.boundary else None
     cfg = RLConfig.from_dict({**spec["trainer"], "method": ns.method, "seed": ns.seed,
                               "bupo_layer": k})
-    dist = distributed.init()  # accelerate launch: one process per GPU, else one process
+    dist = distributed.init(ns.distributed)  # accelerate launch: one process per GPU/CPU slot
     with job_run(job_of(ns) if dist.main else None) as run:
         run.params({**cfg.to_dict(), "base_model": ns.name, "prompt_style": style})
         items = bench.load_items({k: spec[k] for k in ("task", "dataset", "path", "n_problems",
                                                           "data_seed")},
                                  data=ns.data, cache_dir=ns.cache_dir)
-        model, tokenizer = load(ns.model_dir, attn_implementation="eager", device=dist.device)
+        # sdpa: no [T, T] attention probabilities kept for backward (the γ pass of attention
+        # credit computes its own, memory-bounded, from q and k)
+        model, tokenizer = load(ns.model_dir, attn_implementation="sdpa", device=dist.device)
         prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
         rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
-                 out_dir=ns.out_dir, run=run, resume=True)
+                 out_dir=ns.out_dir, run=run, resume=True, distributed_mode=ns.distributed)

@@ -252,10 +252,17 @@ def run(
                 post[i](hidden)
         if ahead:
             blk = layout.blocks[k]
-            x = hidden if blk.attn_norm is None else blk.attn_norm(hidden)
-            q, kk = post_rope_qk(blk.attn, x, rotary[k])
-            for p, fn in ahead.items():
-                fn(q if p.kind == "q" else kk)
+            sharded = hasattr(blk.block, "unshard")  # FSDP2: block k's forward never runs
+            if sharded:
+                blk.block.unshard()
+            try:
+                x = hidden if blk.attn_norm is None else blk.attn_norm(hidden)
+                q, kk = post_rope_qk(blk.attn, x, rotary[k])
+                for p, fn in ahead.items():
+                    fn(q if p.kind == "q" else kk)
+            finally:
+                if sharded:
+                    blk.block.reshard()
         if final_norm and layout.final_norm is not None:
             hidden = layout.final_norm(hidden)
         return hidden

@@ -3,6 +3,12 @@
 ``out_dir/checkpoint/state.pt`` is written to a temporary file in the same directory and
 moved into place with ``os.replace`` (atomic on POSIX), so a kill at any moment leaves
 either the previous checkpoint or the new one, never half of one.
+
+Under FSDP2 (:func:`save_sharded`) every process writes its shards of the model and
+AdamW state with ``torch.distributed.checkpoint`` into ``checkpoint/shards-step<N>/``;
+only then does process 0 write ``state.pt`` (RNG, step, history, config and the name of
+that folder) atomically and delete older shard folders. ``state.pt`` therefore always
+names a complete set of shards. Resuming needs the same number of processes.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,3 +78,69 @@ def load_checkpoint(ckpt_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_sharded(ckpt_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 step: int, history: list[dict[str, Any]], config: dict[str, Any],
+                 dist: Any) -> None:
+    """Sharded checkpoint of an FSDP2 model and its optimizer (a collective: every process
+    calls it). ``dist``: the trainer's :class:`pipeline.rl.distributed.Dist`."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    ckpt_dir = Path(ckpt_dir)
+    name = f"shards-step{step}"
+    target = ckpt_dir / name
+    if dist.main:
+        if target.exists():  # a half-written folder of a killed run
+            shutil.rmtree(target)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(target))
+    dist.barrier()
+    if dist.main:
+        state = {"shards": name, "world": dist.world, "rng": rng_states(), "step": step,
+                 # params with AdamW state (BuPO's IPA phase leaves blocks > k without)
+                 "optim_params": sorted(optim_sd.get("state", {})),
+                 "history": history, "config": config}
+        atomic_write(ckpt_dir / STATE_FILE, lambda p: torch.save(state, p))
+        atomic_write(ckpt_dir / "history.json",
+                     lambda p: Path(p).write_text(json.dumps(history, indent=1)))
+        for old in ckpt_dir.glob("shards-step*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_sharded(ckpt_dir: Path, state: dict[str, Any], *, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer) -> None:
+    """Load the shards ``state`` names into an FSDP2 model and its optimizer (a
+    collective). ``ValueError`` for a checkpoint of another world size or of an
+    unsharded run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
+
+    world = torch.distributed.get_world_size()
+    if "shards" not in state:
+        raise ValueError(f"rl: {ckpt_dir} holds an unsharded checkpoint; resume it without "
+                         "rl.distributed: fsdp2 or use another out_dir")
+    if state["world"] != world:
+        raise ValueError(f"rl: {ckpt_dir} was written by {state['world']} processes, this run "
+                         f"has {world}; resume needs the same number")
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # initialises every param's state
+    # keep only the states the checkpoint has: a param that had none starts fresh later,
+    # as in the uninterrupted run (loading replaces the optimizer's whole state)
+    keep = set(state["optim_params"])
+    optim_sd["state"] = {k: v for k, v in optim_sd["state"].items() if k in keep}
+    sd = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(sd, checkpoint_id=str(Path(ckpt_dir) / state["shards"]))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"],
+                   optim_state_dict=sd["optimizer"], options=StateDictOptions(strict=False))
+    for name, p in model.named_parameters():
+        if name not in keep:
+            optimizer.state.pop(p, None)

@@ -31,6 +31,10 @@ class RLConfig:
     max_new_tokens: int = 64
     gen_batch_size: int = 64
     sample_dtype: str | None = None  # decode-loop dtype of rollouts (None: the model's)
+    # training forward/backward dtype over fp32 master weights (None: the weights' dtype);
+    # FSDP2's MixedPrecisionPolicy under rl.distributed fsdp2, torch.autocast otherwise
+    compute_dtype: str | None = None
+    activation_checkpointing: bool = False  # recompute each block in backward
     lr: float = 1e-5
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -70,6 +74,9 @@ class RLConfig:
                              f"updates_per_batch={self.updates_per_batch} minibatches")
         if self.credit_shift not in (0, 1):
             raise ValueError(f"credit_shift must be 0 or 1, got {self.credit_shift}")
+        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got "
+                             f"{self.compute_dtype!r}")
         if self.save_every < 1 or self.diag_every < 1:
             raise ValueError("save_every and diag_every must be >= 1")
 

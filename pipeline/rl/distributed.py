@@ -13,8 +13,13 @@ reads hooks, neither of which DDP's reducer follows.
 With the strided split, local minibatch ``u`` of every process (its groups
 ``[u·m, (u+1)·m)``, ``m = prompts_per_step / (updates_per_batch·W)``) is exactly the
 single-process minibatch ``u``, so one update on ``W`` processes equals the single-process
-update on the whole batch up to float summation order. FSDP / DeepSpeed launches are
-refused (:func:`check_launch`): each process here holds the full model.
+update on the whole batch up to float summation order.
+
+``rl.distributed: fsdp2`` keeps this scheme (prompt split, batch-wide statistics) but
+shards the model with FSDP2 (:mod:`pipeline.rl.fsdp`), which sums the gradients itself.
+accelerate's own FSDP and DeepSpeed launches are refused (:func:`check_launch`): the
+trainer shards the model itself and those plugins would wrap it a second time (or,
+on CPU, silently do nothing).
 """
 
 from __future__ import annotations
@@ -40,15 +45,18 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
 
 
+MODES = ("ddp", "fsdp2")
+
+
 def check_launch() -> None:
     """One-line ``SystemExit`` under an accelerate FSDP or DeepSpeed launch: the trainer
-    replicates the full model on every process and all-reduces gradients (DDP-style), so
-    sharded training is not supported (``rl.distributed: ddp``)."""
+    shards the model itself (``rl.distributed: fsdp2``) or replicates it (``ddp``)."""
     for env, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if _flag(env):
             raise SystemExit(
-                f"rl: {name} training is not supported: the RL trainer keeps the full model on "
-                "every process and all-reduces gradients; use rl.distributed: ddp")
+                f"rl: accelerate's {name} plugin is not supported: the RL trainer shards the "
+                "model itself; use rl.distributed: fsdp2 (or ddp) with a MULTI_GPU/MULTI_CPU "
+                "accelerate config")
 
 
 def check_split(prompts_per_step: int, updates_per_batch: int, world: int) -> None:
@@ -82,6 +90,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device | None = None
+    fsdp: bool = False  # FSDP2 shards the model (:mod:`pipeline.rl.fsdp`)
 
     @property
     def enabled(self) -> bool:
@@ -176,7 +185,7 @@ class Dist:
             torch.distributed.barrier()
 
 
-def current() -> Dist:
+def current(mode: str = "ddp") -> Dist:
     """The already initialised process group, or one process (initialises nothing). The
     device is the current CUDA device under NCCL (accelerate sets it to the local rank's
     GPU), else the CPU."""
@@ -189,14 +198,18 @@ def current() -> Dist:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    return Dist(torch.distributed.get_rank(), world, device)
+    return Dist(torch.distributed.get_rank(), world, device, fsdp=mode == "fsdp2")
 
 
-def init() -> Dist:
+def init(mode: str = "ddp") -> Dist:
     """The process group of a multi-process launch (``accelerate launch`` / torchrun:
     ``WORLD_SIZE > 1``), initialised through ``accelerate.PartialState`` (NCCL and the
-    local rank's GPU, or gloo on CPU when there is no GPU), or one process. Refuses FSDP
-    and DeepSpeed launches (:func:`check_launch`). Idempotent; keeps the thread count."""
+    local rank's GPU, or gloo on CPU when there is no GPU), or one process. ``mode``:
+    ``ddp`` or ``fsdp2`` (:data:`MODES`; one process ignores it). Refuses accelerate's
+    FSDP and DeepSpeed launches (:func:`check_launch`). Idempotent; keeps the thread
+    count."""
+    if mode not in MODES:
+        raise ValueError(f"rl.distributed: unknown mode {mode!r}; known: {list(MODES)}")
     check_launch()
     initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not initialised and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -208,4 +221,4 @@ def init() -> Dist:
         cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
         PartialState(cpu=cpu, timeout=TIMEOUT)
         torch.set_num_threads(threads)
-    return current()
+    return current(mode)

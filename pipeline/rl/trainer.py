@@ -21,6 +21,7 @@ Only process 0 writes checkpoints, the model, history.json and tracking metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -36,11 +37,17 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.generation import generate
 from pipeline.models.provision import atomic_dir
 from pipeline.responses import batch_from_table
-from pipeline.rl import bupo, distributed
-from pipeline.rl.checkpoint import atomic_write, load_checkpoint, save_checkpoint, set_rng_states
+from pipeline.rl import bupo, distributed, fsdp
+from pipeline.rl.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_sharded,
+    save_checkpoint,
+    save_sharded,
+    set_rng_states,
+)
 from pipeline.rl.config import RLConfig
 from pipeline.rl.credit import credit_gamma, token_advantages
 from pipeline.rl.distributed import Dist, check_split, rank_seed, shard
@@ -51,6 +58,7 @@ from pipeline.rl.losses import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
+from pipeline.rl.rollout_engine import RolloutEngine, Sampling, StaticDecoderEngine
 
 RewardFn = Callable[[Any, str], float]
 PromptFn = Callable[[Any], str]
@@ -58,7 +66,7 @@ PromptFn = Callable[[Any], str]
 RESUMABLE_CHANGES = frozenset({"steps", "save_every", "diag_every", "gen_batch_size",
                                "sample_dtype",
                                "micro_batch_size", "chunk_tokens"})
-TIME_KEYS = ("step_time", "gen_time", "update_time")
+TIME_KEYS = ("step_time", "gen_time", "update_time", "sync_time")
 
 
 # --------------------------------------------------------------------------- tasks
@@ -105,20 +113,26 @@ class Rollout:
     texts: list[str]
 
 
-def rollout(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: Sequence[Any],
-            prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig, step: int, *,
-            rank: int = 0) -> Rollout:
-    """Sample ``group_size`` responses per item and score them (process ``rank``'s seed)."""
+def rollout(engine: RolloutEngine | nn.Module, tokenizer: PreTrainedTokenizerBase,
+            items: Sequence[Any], prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig,
+            step: int, *, rank: int = 0, device: torch.device | None = None) -> Rollout:
+    """Sample ``group_size`` responses per item with ``engine`` (a model: the default
+    :class:`StaticDecoderEngine` on it) and score them (process ``rank``'s seed); the
+    batch goes to ``device`` (default: the engine model's)."""
+    if isinstance(engine, nn.Module):
+        engine = StaticDecoderEngine(engine, tokenizer)
     prompts = [prompt_fn(it) for it in items]
-    gens = generate(model, tokenizer, prompts, n=cfg.group_size, temperature=cfg.temperature,
-                    top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.gen_batch_size, seed=rank_seed(_step_seed(cfg.seed, step), rank),
-                    progress=False, desc="rollout", dtype=cfg.sample_dtype)
+    sampling = Sampling(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
+                        seed=rank_seed(_step_seed(cfg.seed, step), rank),
+                        dtype=cfg.sample_dtype)
+    gens = engine.generate(prompts, sampling).generations
     prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     table = pd.DataFrame({"prompt_ids": [prompt_ids[g.prompt_index] for g in gens],
                           "response_ids": [g.token_ids for g in gens]})
     batch = batch_from_table(table, tokenizer.pad_token_id, padding_side="right")
-    device = next(model.parameters()).device
+    if device is None:
+        device = next(engine.model.parameters()).device  # type: ignore[attr-defined]
     rewards = torch.tensor([float(reward_fn(items[g.prompt_index], g.text)) for g in gens])
     return Rollout(
         input_ids=batch["input_ids"].to(device),
@@ -174,6 +188,17 @@ def _pad(x: Tensor, width: int, value: float = 0.0) -> Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
+def compute_context(cfg: RLConfig, dist: Dist, device: torch.device
+                    ) -> contextlib.AbstractContextManager[Any]:
+    """Where the training forwards run in ``cfg.compute_dtype`` over fp32 weights: FSDP2's
+    mixed-precision policy does it under ``fsdp2`` (nothing here); one process or DDP
+    uses ``torch.autocast``."""
+    dtype = cfg.compute_dtype
+    if dist.fsdp or dtype in (None, "float32"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
 @torch.no_grad()
 def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
             dist: Dist | None = None) -> dict[str, Any]:
@@ -190,17 +215,19 @@ def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
     gen = torch.Generator().manual_seed(rank_seed(_step_seed(cfg.seed, step, 1), dist.rank))
     for rows in _chunks(torch.arange(n, device=ro.input_ids.device), cfg.micro_batch_size):
         ids, am, rm, _ = _micro(ro, rows)
-        st = policy_stats(model, ids, am, rm, layer=cfg.bupo_layer, **need,
-                          apply_final_norm=cfg.ipa_final_norm, temperature=cfg.temperature,
-                          chunk_tokens=cfg.chunk_tokens)
+        with compute_context(cfg, dist, ids.device):
+            st = fsdp.rooted(model, policy_stats, ids, am, rm, layer=cfg.bupo_layer, **need,
+                             apply_final_norm=cfg.ipa_final_norm,
+                             temperature=cfg.temperature, chunk_tokens=cfg.chunk_tokens)
         for k in keys:
             v = getattr(st, k)
             if v is not None:
                 acc[k].append(_pad(v, t - 1))
         if cfg.credit:
-            g = credit_gamma(model, ids, am, rm, cfg.credit, gamma_amp=cfg.gamma_amp,
-                             alpha=cfg.alpha, shift=cfg.credit_shift, top_frac=cfg.top_frac,
-                             entropy=st.entropy, generator=gen, rhythm_kwargs=cfg.rhythm)
+            g = fsdp.rooted(model, credit_gamma, ids, am, rm, cfg.credit,
+                            gamma_amp=cfg.gamma_amp, alpha=cfg.alpha, shift=cfg.credit_shift,
+                            top_frac=cfg.top_frac, entropy=st.entropy, generator=gen,
+                            rhythm_kwargs=cfg.rhythm)
             acc["gamma"].append(_pad(g, t, 1.0))
     out = {k: torch.cat(v) if v else None for k, v in acc.items()}
     out["token_mask"] = ro.response_mask[:, 1:]
@@ -249,11 +276,10 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
         bad: str | None = None
         for mrows in _chunks(rows, cfg.micro_batch_size):
             ids, am, rm, w = _micro(ro, mrows)
-            logp = bupo.train_logprobs(model, ids, am, rm, step_phase=ph,
-                                       layer=cfg.bupo_layer,
-                                       apply_final_norm=cfg.ipa_final_norm,
-                                       temperature=cfg.temperature,
-                                       chunk_tokens=cfg.chunk_tokens)
+            with compute_context(cfg, dist, ids.device):
+                logp = fsdp.rooted(model, bupo.train_logprobs, ids, am, rm, step_phase=ph,
+                                   layer=cfg.bupo_layer, apply_final_norm=cfg.ipa_final_norm,
+                                   temperature=cfg.temperature, chunk_tokens=cfg.chunk_tokens)
             st = policy_loss_stats(logp, prep["old_logp"][mrows, :w - 1],
                                    prep["token_adv"][mrows, :w - 1],
                                    prep["token_mask"][mrows, :w - 1], clip_low=cfg.clip_low,
@@ -274,8 +300,9 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
                     f"rl: non-finite loss on another process at step {step} (method "
                     f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})"))
             loss_sum = dist.sum(loss_sum)[0]
-            dist.sync_grads(params)
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not dist.fsdp:  # FSDP2 reduce-scatters (sums) in each backward
+                dist.sync_grads(params)
+        norm = fsdp.grad_norm(params, cfg.grad_clip)
         if not torch.isfinite(norm):
             raise FloatingPointError(f"rl: non-finite gradient norm at step {step} (method "
                                      f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
@@ -364,6 +391,8 @@ def train(
     resume: bool = True,
     save_model: bool = True,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    distributed_mode: str = "ddp",
+    engine: RolloutEngine | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.steps`` steps; returns the per-step history.
 
@@ -374,63 +403,102 @@ def train(
     atomically; ``resume=True`` continues from it. The final model (``save_pretrained``
     + tokenizer) goes to ``out_dir/model`` atomically, then ``out_dir/history.json``.
 
-    Launched as several processes (``WORLD_SIZE > 1``, e.g. ``accelerate launch`` with
-    DDP): data parallel as in :mod:`.distributed`; the model is moved to the process's
-    device; only process 0 logs to ``run`` and writes files; every process returns the
-    same history (time keys aside). FSDP / DeepSpeed launches exit with a one-line error.
+    Launched as several processes (``WORLD_SIZE > 1``, e.g. ``accelerate launch``):
+    data parallel as in :mod:`.distributed`; the model is moved to the process's device;
+    only process 0 logs to ``run`` and writes files; every process returns the same
+    history (time keys aside). ``distributed_mode="fsdp2"`` shards the model
+    (:mod:`.fsdp`): rollouts come from an unsharded copy refreshed every step
+    (``sync_time`` in the history), checkpoints are sharded
+    (:func:`.checkpoint.save_sharded`) and the final model is consolidated to one
+    ``save_pretrained`` directory. accelerate's FSDP / DeepSpeed launches exit with a
+    one-line error. ``engine``: another :class:`.rollout_engine.RolloutEngine` (it gets
+    ``load_weights`` every step under fsdp2; the final model is still written from the
+    trained weights).
     """
-    dist = distributed.init()
+    dist = distributed.init(distributed_mode)
     if not problems:
         raise ValueError("rl: no training problems")
     if dist.enabled:
         check_split(cfg.prompts_per_step, cfg.updates_per_batch, dist.world)
         if next(model.parameters()).device != dist.device:
             model.to(dist.device)
+    device = next(model.parameters()).device
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model.eval()
+    full: nn.Module | None = None  # the unsharded copy under fsdp2
+    if dist.fsdp:
+        sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else None
+        full = fsdp.unsharded_copy(model, sample_dtype)
+        engine = engine or StaticDecoderEngine(full, tokenizer, owns_weights=True)
+        fsdp.shard(model, compute_dtype=getattr(torch, cfg.compute_dtype or "float32"),
+                   checkpointing=cfg.activation_checkpointing)
+    else:
+        engine = engine or StaticDecoderEngine(model, tokenizer)
+        if cfg.activation_checkpointing:
+            raise ValueError("rl: activation_checkpointing needs rl.distributed: fsdp2")
     optimizer = make_optimizer(model, cfg)
     history: list[dict[str, Any]] = []
     start = 1
     state = load_checkpoint(ckpt_dir) if resume else None
     if state is not None:
         _check_resume(state["config"], cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "shards" in state and not dist.fsdp:
+            raise ValueError(f"rl: {ckpt_dir} holds a sharded (fsdp2) checkpoint; resume it "
+                             "with rl.distributed: fsdp2 on the same number of processes")
+        if dist.fsdp:
+            load_sharded(ckpt_dir, state, model=model, optimizer=optimizer)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         history, start = list(state["history"]), int(state["step"]) + 1
     if run is not None and dist.main:
         run.params({"rl": cfg.to_dict()})
     for step in range(start, cfg.steps + 1):
         t0 = time.perf_counter()
+        sync: dict[str, float] = {}
+        if dist.fsdp:
+            with fsdp.timed(sync, "sync_time"):
+                engine.load_weights(fsdp.full_tensors(model, next(full.parameters()).dtype))
         indices = step_indices(len(problems), step, cfg.prompts_per_step, cfg.seed)
         if dist.enabled:
             _reseed(cfg.seed, dist.rank, step)
             indices = shard(indices, dist.rank, dist.world)
         items = [problems[i] for i in indices]
-        ro = rollout(model, tokenizer, items, prompt_fn, reward_fn, cfg, step, rank=dist.rank)
+        ro = rollout(engine, tokenizer, items, prompt_fn, reward_fn, cfg, step, rank=dist.rank,
+                     device=device)
         t1 = time.perf_counter()
         prep = prepare(model, ro, cfg, step, dist)
         upd = update(model, optimizer, ro, prep, cfg, step, dist=dist)
         t2 = time.perf_counter()
         metrics = {**step_metrics(ro, prep, cfg, step, dist), **upd, "lr": cfg.lr,
-                   "gen_time": t1 - t0, "update_time": t2 - t1, "step_time": t2 - t0}
+                   "gen_time": t1 - t0, "update_time": t2 - t1, "step_time": t2 - t0, **sync}
         history.append(metrics)
         if run is not None and dist.main:
             run.metrics(_numeric(metrics), step=step)
         if on_step is not None:
             on_step(metrics)
-        if (step % cfg.save_every == 0 or step == cfg.steps) and dist.main:
-            save_checkpoint(ckpt_dir, model=model, optimizer=optimizer, step=step,
-                            history=history, config=cfg.to_dict())
-    if save_model and dist.main:
-        with atomic_dir(out_dir / "model") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        atomic_write(out_dir / "history.json",
-                     lambda p: Path(p).write_text(json.dumps(history, indent=1)))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            kw = dict(model=model, optimizer=optimizer, step=step, history=history,
+                      config=cfg.to_dict())
+            if dist.fsdp:
+                save_sharded(ckpt_dir, dist=dist, **kw)
+            elif dist.main:
+                save_checkpoint(ckpt_dir, **kw)
+    if save_model:
+        if full is not None:  # consolidate: every process gathers, process 0 writes
+            full.to(device="cpu", dtype=torch.float32)
+            StaticDecoderEngine(full, tokenizer, owns_weights=True).load_weights(
+                fsdp.full_tensors(model, torch.float32))
+        if dist.main:
+            with atomic_dir(out_dir / "model") as tmp:
+                (full if full is not None else model).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            atomic_write(out_dir / "history.json",
+                         lambda p: Path(p).write_text(json.dumps(history, indent=1)))
     dist.barrier()  # the files exist when any process returns
     return history

@@ -1,0 +1,273 @@
+"""FSDP2 RL training (``rl.distributed: fsdp2``, pipeline.rl.fsdp) on 2 CPU processes.
+
+Rollouts come from a scripted engine (:class:`ScriptedEngine`: each prompt's responses
+are a function of the prompt and of how often it was seen, not of the weights, the rank
+or the seed), so a 2-process run and a single-process run see the same batches and must
+reach the same parameters: 3 steps of ``grpo``, ``bupo`` (2 IPA steps, then the switch to
+the whole model), ``rhythm_coupled`` (the no-grad γ pass inside the root forward) and
+``reinforce_pp`` (batch-wide whitening). Also: bf16 compute keeps fp32 masters (a
+lr = 1e-6 run moves them), a run killed after its first checkpoint resumes to the same
+parameters and history, the consolidated model loads with ``from_pretrained``, and the
+training state resident per process is at most 0.55× the single-process one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pipeline.generation import Generation
+from pipeline.models import load
+from pipeline.models.builtin import build_model
+from pipeline.models.tokenizer import build_char_tokenizer
+from pipeline.rl import RLConfig, train
+from pipeline.rl import fsdp as rlfsdp
+from pipeline.rl.checkpoint import load_checkpoint
+from pipeline.rl.distributed import Dist
+from pipeline.rl.rollout_engine import Samples, Sampling
+from pipeline.rl.trainer import TIME_KEYS, make_optimizer, prepare, update
+from pipeline.tasks import countdown
+
+SPEC = dict(arch="qwen3", hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
+            num_kv_heads=2, head_dim=None, max_position_embeddings=256, rope_theta=10000.0,
+            tie_word_embeddings=True, seed=0)
+PROBLEMS = countdown.generate(16, seed=3)
+WORLD = 2
+PARITY = ("grpo", "bupo", "rhythm_coupled", "reinforce_pp")
+ALPHABET = "0123456789+-*/() ="
+
+
+def prompt_fn(p: countdown.Problem) -> str:
+    return countdown.prompt(p, "builtin")
+
+
+def toy_reward(p: countdown.Problem, text: str) -> float:
+    return float(str(p.target)[0] in text)
+
+
+class ScriptedEngine:
+    """Responses that depend only on (prompt, occurrence, sample index): identical on any
+    number of processes. Records how often ``load_weights`` was called."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+        self.seen: Counter[str] = Counter()
+        self.loads = 0
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> Samples:
+        out = []
+        for i, prompt in enumerate(prompts):
+            self.seen[prompt] += 1
+            for j in range(sampling.n):
+                key = f"{prompt}|{self.seen[prompt]}|{j}".encode()
+                g = torch.Generator().manual_seed(
+                    int.from_bytes(hashlib.sha256(key).digest()[:6], "little"))
+                n = int(torch.randint(2, sampling.max_new_tokens + 1, (1,), generator=g))
+                text = "".join(ALPHABET[int(c)] for c in
+                               torch.randint(len(ALPHABET), (n,), generator=g))
+                ids = self.tok(text, add_special_tokens=False).input_ids
+                out.append(Generation(i, j, text, len(ids), j % 3 > 0, ids))
+        return Samples(out)
+
+    def load_weights(self, named_tensors) -> None:
+        for _ in named_tensors:  # drain the collective gather
+            pass
+        self.loads += 1
+
+
+def _model(tok):
+    return build_model(SPEC, tok, seed=0).eval()
+
+
+def _cfg(method: str, **kw) -> RLConfig:
+    base = dict(method=method, steps=3, prompts_per_step=4, group_size=4, max_new_tokens=10,
+                lr=1e-3, bupo_layer=1, s_inter=2, updates_per_batch=2, micro_batch_size=3,
+                save_every=1, seed=0)
+    return RLConfig(**{**base, **kw})
+
+
+def _run(method: str, out: Path, mode: str = "ddp", **kw) -> tuple[list, torch.nn.Module]:
+    tok = build_char_tokenizer()
+    model = _model(tok)
+    extra = {k: kw.pop(k) for k in ("on_step", "save_model") if k in kw}
+    hist = train(model, tok, PROBLEMS, toy_reward, _cfg(method, **kw), prompt_fn=prompt_fn,
+                 out_dir=out, distributed_mode=mode, engine=ScriptedEngine(tok), **extra)
+    return [{k: v for k, v in h.items() if k not in TIME_KEYS} for h in hist], model
+
+
+def _fixed_batch(tok):
+    """The first step's rollout of the scripted engine (for the memory measurement)."""
+    from pipeline.rl.trainer import rollout, step_indices
+
+    cfg = _cfg("grpo")
+    items = [PROBLEMS[i] for i in step_indices(len(PROBLEMS), 1, 4, 0)]
+    return cfg, rollout(ScriptedEngine(tok), tok, items, prompt_fn, toy_reward, cfg, 1,
+                        device=torch.device("cpu"))
+
+
+def _resident(model, tok, dist: Dist) -> int:
+    cfg, ro = _fixed_batch(tok)
+    if dist.enabled:
+        from pipeline.rl.distributed import shard
+        from pipeline.rl.trainer import Rollout
+
+        rows = torch.tensor([g * 4 + j for g in shard(list(range(4)), dist.rank, dist.world)
+                             for j in range(4)])
+        ro = Rollout(ro.input_ids[rows], ro.attention_mask[rows], ro.response_mask[rows],
+                     ro.rewards[rows], ro.lengths[rows], ro.finished[rows], 4,
+                     [ro.texts[i] for i in rows.tolist()])
+    opt = make_optimizer(model, cfg)
+    update(model, opt, ro, prepare(model, ro, cfg, 1, dist), cfg, 1, dist=dist)
+    return rlfsdp.resident_bytes(model, opt)
+
+
+class Killed(Exception):
+    pass
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    out_p = Path(out)
+    res: dict = {}
+    for method in PARITY:
+        res[method], _ = _run(method, out_p / method, "fsdp2")
+    # bf16 compute over fp32 masters: lr 1e-6 still moves the weights
+    res["bf16"], _ = _run("grpo", out_p / "bf16", "fsdp2", lr=1e-6, compute_dtype="bfloat16")
+    # activation checkpointing: same parameters as without
+    res["ckpt"], _ = _run("grpo", out_p / "ac", "fsdp2", activation_checkpointing=True)
+
+    def kill(m):
+        if m["step"] == 2:
+            raise Killed
+
+    try:
+        _run("bupo", out_p / "cut", "fsdp2", on_step=kill, save_model=False)
+    except Killed:
+        res["killed_at"] = load_checkpoint(out_p / "cut" / "checkpoint")["step"]
+    res["resumed"], _ = _run("bupo", out_p / "cut", "fsdp2")
+    tok = build_char_tokenizer()
+    from pipeline.rl.distributed import current
+
+    model = rlfsdp.shard(_model(tok))
+    res["resident"] = _resident(model, tok, current("fsdp2"))
+    (out_p / f"rank{rank}.json").write_text(json.dumps(res))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp2")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    model, _ = load(path, device="cpu")
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _same_history(got: list, ref: list) -> None:
+    assert [h["step"] for h in got] == [h["step"] for h in ref]
+    for g, r in zip(got, ref, strict=True):
+        for k, v in r.items():
+            if isinstance(v, float):
+                assert g[k] == pytest.approx(v, rel=1e-4, abs=1e-6, nan_ok=True), k
+            else:
+                assert g[k] == v, k
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", PARITY)
+def test_fsdp2_matches_single_process(method, fsdp_runs, tmp_path):
+    out, res = fsdp_runs
+    ref_hist, ref_model = _run(method, tmp_path / method)
+    ref = {k: v.detach() for k, v in ref_model.named_parameters()}
+    got = _params(out / method / "model")  # the consolidated from_pretrained directory
+    init = {k: v.detach() for k, v in _model(build_char_tokenizer()).named_parameters()}
+    diff, moved = _max_diff(got, ref), _max_diff(ref, init)
+    print(f"fsdp2 {method}: max |Δθ| vs single process after 3 steps = {diff:.3g} "
+          f"(largest change {moved:.3g})")
+    assert moved > 1e-3
+    assert diff <= 1e-5
+    _same_history(res[0][method], ref_hist)
+    assert res[0][method] == res[1][method]  # every process reports the whole batch
+    if method == "bupo":
+        assert [h["phase"] for h in ref_hist] == ["ipa", "ipa", "grpo"]
+
+
+@pytest.mark.slow
+def test_fsdp2_bf16_compute_keeps_fp32_masters(fsdp_runs):
+    out, res = fsdp_runs
+    got = _params(out / "bf16" / "model")
+    init = {k: v.detach() for k, v in _model(build_char_tokenizer()).named_parameters()}
+    assert all(v.dtype == torch.float32 for v in got.values())
+    moved = _max_diff(got, init)
+    print(f"bf16 compute, lr 1e-6, 3 steps: largest parameter change {moved:.3g}")
+    # Adam's first steps move each weight by about lr; bf16 masters would round most away
+    assert moved > 1e-6
+    changed = sum(int((got[k] != init[k]).sum()) for k in got)
+    total = sum(v.numel() for v in got.values())
+    assert changed / total > 0.5
+
+
+@pytest.mark.slow
+def test_fsdp2_activation_checkpointing_and_resume(fsdp_runs):
+    out, res = fsdp_runs
+    assert _max_diff(_params(out / "ac" / "model"), _params(out / "grpo" / "model")) <= 1e-6
+    assert res[0]["killed_at"] == 1
+    assert res[0]["resumed"] == res[0]["bupo"]
+    assert _max_diff(_params(out / "cut" / "model"), _params(out / "bupo" / "model")) == 0.0
+    state = load_checkpoint(out / "cut" / "checkpoint")
+    assert state["world"] == WORLD and state["step"] == 3
+    assert sorted(p.name for p in (out / "cut" / "checkpoint").glob("shards-*")) == \
+        ["shards-step3"]
+
+
+@pytest.mark.slow
+def test_fsdp2_resident_state_per_process(fsdp_runs):
+    _, res = fsdp_runs
+    tok = build_char_tokenizer()
+    single = _resident(_model(tok), tok, Dist())
+    for r in range(WORLD):
+        ratio = res[r]["resident"] / single
+        print(f"rank {r}: params+grads+AdamW resident {res[r]['resident']} B vs single "
+              f"process {single} B: ratio {ratio:.3f}")
+        assert ratio <= 0.55
+
+
+def test_sharded_checkpoint_refused_without_fsdp2(tmp_path, char_tokenizer):
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    torch.save({"shards": "shards-step1", "world": 2, "config": _cfg("grpo").to_dict(),
+                "rng": {}, "step": 1, "history": []}, ckpt / "state.pt")
+    with pytest.raises(ValueError, match="sharded .fsdp2. checkpoint"):
+        train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward, _cfg("grpo"),
+              prompt_fn=prompt_fn, out_dir=tmp_path)
+
+
+def test_unknown_distributed_mode(tmp_path, char_tokenizer):
+    with pytest.raises(ValueError, match="unknown mode 'fsdp'"):
+        train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward, _cfg("grpo"),
+              prompt_fn=prompt_fn, out_dir=tmp_path, distributed_mode="fsdp")
