@@ -143,6 +143,9 @@ def _check_semantics(config: dict[str, Any]) -> None:
         if cd[lo] > cd[hi]:
             raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
     rl = config["rl"]
+    if rl["distributed"] == "fsdp":
+        raise ConfigError("config error at rl.distributed: 'fsdp' is now 'fsdp2' (the trainer "
+                          "shards with FSDP2 itself)")
     if unknown := [m for m in rl["models"] if m not in config["models"]]:
         raise ConfigError(f"config error at rl.models: unknown models {unknown}")
     if rl["task"] == "math" and not (rl["dataset"] or rl["path"]):

@@ -247,22 +247,37 @@ class Common:
 
 
 def accelerate_config(config: dict[str, Any]) -> str:
-    """The accelerate config file of multi-GPU training (``rl.distributed``): ddp, fsdp
-    (config/accelerate/<name>.yaml) or a path."""
+    """The accelerate config file of multi-process training (``rl.distributed``): ddp and
+    fsdp2 both launch with config/accelerate/ddp.yaml (a plain MULTI_GPU launch; under
+    fsdp2 the trainer shards the model itself), or a path."""
     name = config["rl"]["distributed"]
-    if name in ("ddp", "fsdp"):
-        return str(ACCELERATE_DIR / f"{name}.yaml")
+    if name in ("ddp", "fsdp2"):
+        return str(ACCELERATE_DIR / "ddp.yaml")
     return str(Path(name).expanduser().resolve())
 
 
-def train_launcher(config: dict[str, Any], gpus: int) -> str:
-    """The command that starts ``pipeline train``: one process for 0 or 1 GPU,
-    ``accelerate launch`` with one process per GPU otherwise (the trainer's processes
-    find each other through the environment accelerate sets: RANK, WORLD_SIZE, …)."""
+def train_mode(config: dict[str, Any]) -> str:
+    """``--distributed`` of ``pipeline train``: fsdp2, or ddp (also for an accelerate
+    config path)."""
+    return "fsdp2" if config["rl"]["distributed"] == "fsdp2" else "ddp"
+
+
+def train_processes(config: dict[str, Any], gpus: int) -> int:
+    """Processes of a train job: one per GPU with more than one GPU, else
+    ``rl.processes`` (CPU processes on gloo)."""
     gpus = int(gpus or 0)
-    if gpus <= 1:
+    return gpus if gpus > 1 else int(config["rl"]["processes"])
+
+
+def train_launcher(config: dict[str, Any], gpus: int) -> str:
+    """The command that starts ``pipeline train``: ``python -m pipeline`` for one process,
+    ``accelerate launch`` with :func:`train_processes` processes otherwise (the trainer's
+    processes find each other through the environment accelerate sets: RANK,
+    WORLD_SIZE, …; NCCL on GPUs, gloo on CPU)."""
+    n = train_processes(config, gpus)
+    if n <= 1:
         return "python -m pipeline"
-    return shlex.join(["accelerate", "launch", "--num_processes", str(gpus),
+    return shlex.join(["accelerate", "launch", "--num_processes", str(n),
                        "--num_machines", "1", "--config_file", accelerate_config(config),
                        "-m", "pipeline"])
 
@@ -270,7 +285,8 @@ def train_launcher(config: dict[str, Any], gpus: int) -> str:
 def rl_train_spec(config: dict[str, Any]) -> dict[str, Any]:
     """The ``rl`` settings a train job gets as ``--spec``: not the job lists (wildcards)
     nor how it is launched (rl.distributed), so neither reruns finished training."""
-    return {k: v for k, v in config["rl"].items() if k not in ("models", "methods", "distributed")}
+    return {k: v for k, v in config["rl"].items()
+            if k not in ("models", "methods", "distributed", "processes")}
 
 
 # --------------------------------------------------------------------------- comparison

@@ -151,11 +151,23 @@ def test_train_launcher():
     assert ddp == ["accelerate", "launch", "--num_processes", "4", "--num_machines", "1",
                    "--config_file", str(ROOT / "config" / "accelerate" / "ddp.yaml"),
                    "-m", "pipeline"]
-    config["rl"]["distributed"] = "fsdp"
+    assert pw.train_mode(config) == "ddp"
+    config["rl"]["distributed"] = "fsdp2"  # the trainer shards: a plain multi-process launch
     assert shlex.split(pw.train_launcher(config, 2))[7] == str(
-        ROOT / "config" / "accelerate" / "fsdp.yaml")
+        ROOT / "config" / "accelerate" / "ddp.yaml")
+    assert pw.train_mode(config) == "fsdp2"
+    config["rl"]["processes"] = 2  # CPU processes when the job gets no GPU
+    assert shlex.split(pw.train_launcher(config, 0))[:4] == ["accelerate", "launch",
+                                                             "--num_processes", "2"]
+    assert shlex.split(pw.train_launcher(config, 4))[3] == "4"  # one per GPU
     config["rl"]["distributed"] = "/site/accelerate.yaml"
     assert "/site/accelerate.yaml" in pw.train_launcher(config, 2)
+    assert pw.train_mode(config) == "ddp"
+
+
+def test_old_fsdp_value_is_refused():
+    with pytest.raises(cfg.ConfigError, match="'fsdp' is now 'fsdp2'"):
+        cfg.validate({**copy.deepcopy(MINIMAL), "rl": {"distributed": "fsdp"}})
 
 
 def test_launch_does_not_rerun_training():
@@ -163,15 +175,14 @@ def test_launch_does_not_rerun_training():
     config = cfg.validate(copy.deepcopy(MINIMAL))
     assert "distributed" not in pw.rl_train_spec(config)
     assert set(pw.rl_train_spec(config)) == set(config["rl"]) - {"models", "methods",
-                                                                 "distributed"}
+                                                                 "distributed", "processes"}
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp"])
-def test_accelerate_configs_load(name):
+def test_accelerate_config_loads():
     from accelerate.commands.config.config_args import ClusterConfig
 
-    conf = ClusterConfig.from_yaml_file(str(ROOT / "config" / "accelerate" / f"{name}.yaml"))
-    assert conf.distributed_type.value == {"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name]
+    conf = ClusterConfig.from_yaml_file(str(ROOT / "config" / "accelerate" / "ddp.yaml"))
+    assert conf.distributed_type.value == "MULTI_GPU"
     assert conf.num_machines == 1 and conf.main_process_port == 0
 
 

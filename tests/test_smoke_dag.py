@@ -251,3 +251,34 @@ def test_bad_config_stops_before_any_job(tmp_path):
     out = res.stdout + res.stderr
     assert "config error at models.qwen3-smoke.hidden_size: 'big' is not of type 'integer'" in out
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_smoke_dag_with_fsdp2_training(tmp_path):
+    """The smoke DAG with rl.distributed fsdp2 on 2 CPU processes per train job: the
+    trained models are consolidated, evaluated and analysed like any other."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["rl"].update(distributed="fsdp2", processes=2)
+    config["resources"]["train"] = {"threads": 1}
+    cfile = tmp_path / "smoke-fsdp2.yaml"
+    cfile.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    res = _snakemake(work, "--configfile", str(cfile), "-p")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "accelerate launch --num_processes 2" in res.stdout + res.stderr
+    root = work / "results" / "smoke"
+    runs = root / "rl" / "qwen3-smoke"
+    for method in ("grpo", "bupo"):
+        run = runs / method / "seed0"
+        assert (run / "model" / "model.safetensors").exists()
+        hist = json.loads((run / "history.json").read_text())
+        assert len(hist) == 3 and all(h["sync_time"] >= 0 for h in hist)
+        shards = sorted(p.name for p in (run / "checkpoint").glob("shards-step*"))
+        assert shards == ["shards-step3"]
+    table = pd.read_csv(root / "summary" / "evaluation.csv")
+    assert {"qwen3-smoke+bupo", "qwen3-smoke+grpo"} <= set(table["model"])
+    for method in ("grpo", "bupo"):
+        assert Path(paths.analysis(str(root), "decomposition",
+                                   run_id=f"qwen3-smoke/{method}/seed0")).exists()

@@ -14,7 +14,9 @@ Public API::
                              out_dir, run=None, resume=True) -> history
 
 Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.bupo` (π^k, phases, old log-probs),
-:mod:`.credit` (γ and token advantages), :mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`.
+:mod:`.credit` (γ and token advantages), :mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`,
+:mod:`.distributed` (process groups, ddp), :mod:`.fsdp` (FSDP2 sharding),
+:mod:`.rollout_engine` (what samples the rollouts).
 """
 
 from pipeline.rl.bupo import internal_token_logprobs

@@ -65,7 +65,8 @@ PromptFn = Callable[[Any], str]
 #: Config keys that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "save_every", "diag_every", "gen_batch_size",
                                "sample_dtype",
-                               "micro_batch_size", "chunk_tokens"})
+                               "micro_batch_size", "chunk_tokens",
+                               "activation_checkpointing"})
 TIME_KEYS = ("step_time", "gen_time", "update_time", "sync_time")
 
 

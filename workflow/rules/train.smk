@@ -15,6 +15,7 @@ rule train:
         out_dir=lambda wc, output: os.path.dirname(output.history),
         job=C.job,
         launch=lambda wc, resources: pw.train_launcher(config, resources.get("gpu", 0)),
+        mode=pw.train_mode(config),
     threads: C.threads
     resources:
         **C.resources,
@@ -26,4 +27,5 @@ rule train:
         "{params.launch} train --name {wildcards.model} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --model-dir {input.model} --spec {params.spec:q}"
         " {params.data} --source {params.source} {params.boundary}"
-        " --out-dir {params.out_dir} --threads {threads} --job {params.job:q} > {log} 2>&1"
+        " --out-dir {params.out_dir} --threads {threads} --job {params.job:q}"
+        " --distributed {params.mode} > {log} 2>&1"
