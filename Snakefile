@@ -30,6 +30,7 @@ include: "workflow/rules/depth.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/claims.smk"
 
 
 report: "workflow/report/workflow.rst"  # `snakemake --report report.html` (README)
@@ -44,3 +45,4 @@ rule all:
         expand(paths.analysis(R, "attention"), run=ANALYSIS_MODELS),
         expand(paths.depth(R), model=ANALYSIS_MODELS),
         rules.compare.output,
+        rules.claims.output.csv,

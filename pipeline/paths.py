@@ -52,6 +52,8 @@ COMPARE = {
     "summary": "summary.json",
 }
 SUMMARY = {"csv": "evaluation.csv", "figure": "evaluation.png"}
+CLAIMS = {"csv": "claims.csv", "parquet": "claims.parquet", "figure": "claims.png",
+          "html": "claims.html"}
 
 
 def root(config: dict[str, Any]) -> str:
@@ -177,3 +179,13 @@ def log(root_dir: str, rule: str, *parts: str) -> str:
     if not parts:
         return f"{root_dir}/logs/{rule}.log"
     return f"{root_dir}/logs/{rule}/{'-'.join(parts)}.log"
+
+
+def claims(root_dir: str, what: str) -> str:
+    """``claims/claims.{csv,parquet,png,html}`` (docs/methods.md §9)."""
+    return f"{root_dir}/claims/{CLAIMS[what]}"
+
+
+def claims_root(claims_path: str) -> str:
+    """The experiment root of a ``claims(root, …)`` path (its inverse, for a rule's params)."""
+    return str(Path(claims_path).parent.parent)

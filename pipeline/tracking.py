@@ -259,9 +259,15 @@ def _common_tags() -> dict[str, str]:
 class JobRun:
     """Logging handle for one MLflow run; every method is a no-op when ``run_id`` is None."""
 
-    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None,
+                 parent_id: str | None = None) -> None:
         self._client = client
         self.run_id = run_id
+        self.parent_id = parent_id
+
+    def parent(self) -> JobRun:
+        """A handle on the DAG's parent run (a no-op one when there is none)."""
+        return JobRun(self._client, self.parent_id)
 
     @property
     def enabled(self) -> bool:
@@ -459,7 +465,7 @@ def job_run(job: Mapping[str, Any] | None) -> Iterator[JobRun]:
     run = client.create_run(exp_id, tags=tags, run_name=_run_name(rule, wildcards))
     run_id = run.info.run_id
     try:
-        yield JobRun(client, run_id)
+        yield JobRun(client, run_id, parent_id=tags.get(_PARENT_TAG))
     except BaseException as exc:
         ok_exit = isinstance(exc, SystemExit) and exc.code in (0, None)
         status = "FAILED"

@@ -315,3 +315,27 @@ def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]
     from pipeline.comparison.stage import manifest, manifest_paths
 
     return manifest_paths(manifest(compare_spec(config), root_dir))
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def claims_runs(config: dict[str, Any]) -> list[str]:
+    """Trained runs whose analyses the claims read (those compare analyses before/after)."""
+    rl = config["rl"]
+    if not (rl["models"] and rl["methods"] and config["comparison"]["before_after"]):
+        return []
+    return [paths.run(m, meth, s) for m in rl["models"] for meth in rl["methods"]
+            for s in config["seeds"]]
+
+
+def claims_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
+    """What ``pipeline claims`` reads: every analysis model's decomposition, attention and
+    depth summaries, and the comparison (which needs the trained runs' analyses)."""
+    models = analysis_models(config)
+    return {
+        "decomposition": [paths.analysis(root_dir, "decomposition", run_id=m) for m in models],
+        "attention": [paths.analysis(root_dir, "attention", run_id=m) for m in models],
+        "depth": [paths.depth(root_dir, m) for m in models],
+        "compare": [paths.compare(root_dir, "summary")],
+    }

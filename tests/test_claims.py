@@ -261,7 +261,7 @@ def _records() -> list[ClaimRecord]:
 def test_record_fields_and_frame():
     recs = _records()
     assert list(recs[0].to_dict()) == list(COLUMNS)
-    assert COLUMNS[:3] == ("claim_id", "paper", "claim") and COLUMNS[-1] == "figure"
+    assert COLUMNS[:3] == ("claim_id", "paper", "claim") and COLUMNS[-2:] == ("figure", "boundary")
     df = records_frame(recs)
     assert list(df.columns) == list(COLUMNS) and len(df) == 3
     assert df["n_needed"].dtype == "Int64" and df["n"].dtype == "int64"

@@ -42,6 +42,7 @@ class ClaimRecord:
     reason: str = ""
     n_needed: int | None = None
     figure: str | None = None
+    boundary: float = math.nan  # the criterion's boundary nearest the value (for figures)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -131,7 +132,7 @@ def read_claims(path: str | Path) -> list[ClaimRecord]:
     if path.suffix == ".csv":
         df = pd.read_csv(path, dtype={c: str for c in _TEXT}, keep_default_na=False,
                          na_values={c: [""] for c in ("value", "ci_low", "ci_high",
-                                                      "n_needed", "figure")})
+                                                      "n_needed", "figure", "boundary")})
     else:
         df = pd.read_parquet(path)
     out = []
@@ -143,6 +144,7 @@ def read_claims(path: str | Path) -> list[ClaimRecord]:
             "reason": "" if _missing(row["reason"]) else str(row["reason"]),
             "n_needed": None if _missing(row["n_needed"]) else int(row["n_needed"]),
             "figure": None if _missing(row["figure"]) else str(row["figure"]),
+            "boundary": float(row.get("boundary", math.nan)),
         }))
     return out
 

@@ -204,5 +204,6 @@ def make_record(*, claim_id: str, paper: str, claim: str, model: str, run: str, 
         claim_id=claim_id, paper=paper, claim=claim, model=model, run=run, split=split,
         metric=metric, value=iv.value, ci_low=iv.low, ci_high=iv.high, ci_kind=iv.kind,
         n=iv.n, criterion=criterion.text, verdict=verdict, reason="; ".join(notes),
-        n_needed=needed, figure=figure)
+        n_needed=needed, figure=figure,
+        boundary=float(criterion.boundary(iv.value if math.isfinite(iv.value) else 0.0)))
 

@@ -53,3 +53,47 @@ def compare(ns: argparse.Namespace) -> None:
 
     with job_run(job_of(ns)) as run:
         run_comparison(ns.spec, ns.root, ns.out_dir, run=run)
+
+
+@stage(
+    "claims",
+    arg("--root", required=True, help="results/<experiment> directory the DAG wrote"),
+    arg("--models", nargs="*", default=[], help="base models whose stage outputs to read"),
+    arg("--runs", nargs="*", default=[], help="trained runs <model>/<method>/seed<s>"),
+    arg("--out-csv", required=True),
+    arg("--out-parquet", required=True),
+    arg("--out-figure", required=True),
+    arg("--out-html", required=True),
+    JOB,
+)
+def claims(ns: argparse.Namespace) -> None:
+    """Every paper claim as a verdict with an interval (docs/methods.md §9): one table from
+    the stage and comparison outputs, a forest figure and an HTML page; the table is an
+    MLflow artifact and each record's value a ``claim.<id>/<run>`` metric of the parent run."""
+    import math
+
+    from pipeline.claims import write_claims
+    from pipeline.claims.collect import collect
+    from pipeline.claims.report import claims_html, forest_figure
+    from pipeline.claims.rl import rl_claims
+    from pipeline.tracking import job_run
+
+    with job_run(job_of(ns)) as run:
+        records = collect(ns.root, models=ns.models, runs=ns.runs) + rl_claims(ns.root)
+        if not records:
+            raise ValueError(f"claims: no stage output under {ns.root} yields a claim")
+        fig = forest_figure(records)
+        Path(ns.out_html).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(ns.out_figure, dpi=110)
+        Path(ns.out_html).write_text(claims_html(records))
+        write_claims(records, ns.out_csv, ns.out_parquet)  # the table last: it is the target
+        run.figure(fig, Path(ns.out_figure).name)
+        run.artifact(ns.out_csv, "tables")
+        run.artifact(ns.out_html)
+        metrics = {f"claim.{r.claim_id}/{r.run}": r.value for r in records
+                   if math.isfinite(r.value)}
+        counts = {f"claims.{v.replace(' ', '_')}": sum(r.verdict == v for r in records)
+                  for v in ("holds", "fails", "inconclusive", "not measurable")}
+        run.metrics({**metrics, **counts})
+        run.parent().metrics({**metrics, **counts})
+        run.parent().artifact(ns.out_csv, "claims")

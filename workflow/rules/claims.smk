@@ -1,0 +1,37 @@
+# Every paper claim as a verdict with an interval (docs/methods.md §9): one table from the
+# stage and comparison outputs, its forest figure and an HTML page for the report.
+C = pw.Common(config, "claims")
+
+
+rule claims:
+    input:
+        **pw.claims_inputs(config, R),
+    output:
+        csv=paths.claims(R, "csv"),
+        parquet=paths.claims(R, "parquet"),
+        figure=report(
+            paths.claims(R, "figure"),
+            caption="../report/claims_figure.rst",
+            category="Claims",
+        ),
+        html=report(
+            paths.claims(R, "html"),
+            caption="../report/claims_table.rst",
+            category="Claims",
+        ),
+    params:
+        root=lambda wc, output: paths.claims_root(output.csv),
+        models=ANALYSIS_MODELS,
+        runs=pw.claims_runs(config),
+        job=C.job,
+    threads: C.threads
+    resources:
+        **C.resources,
+    log:
+        C.log,
+    conda:
+        C.conda
+    shell:
+        "python -m pipeline claims --root {params.root} --models {params.models} --runs {params.runs}"
+        " --out-csv {output.csv} --out-parquet {output.parquet} --out-figure {output.figure}"
+        " --out-html {output.html} --job {params.job:q} > {log} 2>&1"
