@@ -80,6 +80,17 @@ def test_outputs(smoke_run):
     train = (root / "data" / "countdown" / "train.jsonl").read_text().splitlines()
     test = (root / "data" / "countdown" / "test.jsonl").read_text().splitlines()
     assert len(train) == 500 and len(test) == 24 and not set(train) & set(test)
+    from pipeline.claims import VERDICTS, read_claims
+
+    claims = read_claims(root / "claims" / "claims.csv")
+    assert {c.run for c in claims} >= {"llama-smoke", "qwen3-smoke", "qwen3-smoke/bupo/seed0"}
+    assert {c.paper for c in claims} >= {"arXiv:2512.19673", "arXiv:2510.13554",
+                                         "arXiv:2510.18871"}
+    assert all(c.verdict in VERDICTS and c.n >= 0 for c in claims)
+    assert len(read_claims(root / "claims" / "claims.parquet")) == len(claims)
+    page = (root / "claims" / "claims.html").read_text()
+    assert page.count("<tr>") == len(claims) + 1
+    assert (root / "claims" / "claims.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
@@ -96,7 +107,7 @@ def test_mlflow_runs_nested(smoke_run):
     rules = sorted(r.data.tags["rule"] for r in children)
     # evaluate, decomposition, attention: on 2 base models and 2 trained checkpoints
     assert rules == sorted(["countdown_data", "report_summary", "decomposition_compare",
-                            "compare"]
+                            "compare", "claims"]
                            + 2 * ["provision", "responses", "depth", "train"]
                            + 4 * ["evaluate", "decomposition", "attention"])
     for rule in ("evaluate", "decomposition", "attention"):
@@ -131,6 +142,13 @@ def test_mlflow_runs_nested(smoke_run):
     tables = {a.path for a in client.list_artifacts(compare.info.run_id, "tables")}
     assert {"tables/comparison.csv", "tables/differences.csv", "tables/tables.html"} <= tables
     assert "countdown/qwen3-smoke/grpo/avg_2" in compare.data.metrics  # "@" → "_" (tracking._key)
+    # the claims: a table artifact, and every measured value a metric of the parent run
+    claims = next(r for r in children if r.data.tags["rule"] == "claims")
+    assert "tables/claims.csv" in {a.path for a in client.list_artifacts(claims.info.run_id,
+                                                                          "tables")}
+    parent_claims = [k for k in parents[0].data.metrics if k.startswith("claim.")]
+    assert parent_claims and "claim.bupo.entropy_drop/qwen3-smoke" in parent_claims
+    assert parents[0].data.metrics["claims.holds"] >= 0
 
 
 COMPARE_FIGURES = ("accuracy.png", "pass_at_k.png", "training_curves.png",
