@@ -12,4 +12,6 @@ BENCHMARKS: dict[str, str] = {
     "attention": "pipeline.bench.attention",
     "depth": "pipeline.bench.depth",
     "rl": "pipeline.bench.rl",
+    "fsdp": "pipeline.bench.fsdp",
+    "gpu_check": "pipeline.bench.gpu_check",
 }
