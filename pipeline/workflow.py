@@ -269,6 +269,10 @@ def train_processes(config: dict[str, Any], gpus: int) -> int:
     return gpus if gpus > 1 else int(config["rl"]["processes"])
 
 
+#: Set by the launcher of CPU train processes (:func:`pipeline.rl.distributed.init`).
+CPU_ENV = "PIPELINE_TRAIN_CPU"
+
+
 def train_launcher(config: dict[str, Any], gpus: int) -> str:
     """The command that starts ``pipeline train``: ``python -m pipeline`` for one process,
     ``accelerate launch`` with :func:`train_processes` processes otherwise (the trainer's
@@ -277,9 +281,20 @@ def train_launcher(config: dict[str, Any], gpus: int) -> str:
     n = train_processes(config, gpus)
     if n <= 1:
         return "python -m pipeline"
-    return shlex.join(["accelerate", "launch", "--num_processes", str(n),
+    # CPU processes: gloo even where CUDA is visible (accelerate's own --cpu would start
+    # a single process)
+    cpu = ["env", f"{CPU_ENV}=1"] if int(gpus or 0) <= 1 else []
+    return shlex.join([*cpu, "accelerate", "launch", "--num_processes", str(n),
                        "--num_machines", "1", "--config_file", accelerate_config(config),
                        "-m", "pipeline"])
+
+
+def train_threads(config: dict[str, Any], threads: int, gpus: int) -> int:
+    """torch threads of each train process: the job's threads split over its CPU
+    processes (GPU processes keep them all for their data loading and decode loop)."""
+    gpus = int(gpus or 0)
+    n = train_processes(config, gpus)
+    return max(1, int(threads) // n) if gpus <= 1 else int(threads)
 
 
 def rl_train_spec(config: dict[str, Any]) -> dict[str, Any]:

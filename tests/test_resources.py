@@ -157,8 +157,11 @@ def test_train_launcher():
         ROOT / "config" / "accelerate" / "ddp.yaml")
     assert pw.train_mode(config) == "fsdp2"
     config["rl"]["processes"] = 2  # CPU processes when the job gets no GPU
-    assert shlex.split(pw.train_launcher(config, 0))[:4] == ["accelerate", "launch",
-                                                             "--num_processes", "2"]
+    cpu = shlex.split(pw.train_launcher(config, 0))
+    assert cpu[:6] == ["env", "PIPELINE_TRAIN_CPU=1", "accelerate", "launch",
+                       "--num_processes", "2"]
+    assert pw.train_threads(config, 4, 0) == 2  # the job's cores split over its processes
+    assert pw.train_threads(config, 4, 4) == 4
     assert shlex.split(pw.train_launcher(config, 4))[3] == "4"  # one per GPU
     config["rl"]["distributed"] = "/site/accelerate.yaml"
     assert "/site/accelerate.yaml" in pw.train_launcher(config, 2)

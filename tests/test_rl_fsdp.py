@@ -156,7 +156,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     except Killed:
         res["killed_at"] = load_checkpoint(out_p / "cut" / "checkpoint")["step"]
     res["resumed"], _ = _run("bupo", out_p / "cut", "fsdp2")
+    # a NaN loss on process 1 only: both raise before FSDP2's backward collective
     tok = build_char_tokenizer()
+    try:
+        train(_model(tok), tok, PROBLEMS, lambda p, t: float("nan") if rank == 1 else 1.0,
+              _cfg("grpo"), prompt_fn=prompt_fn, out_dir=out_p / "nan", save_model=False,
+              distributed_mode="fsdp2", engine=ScriptedEngine(tok))
+    except FloatingPointError as e:
+        res["nan_error"] = str(e)
     from pipeline.rl.distributed import current
 
     model = rlfsdp.shard(_model(tok))
@@ -243,6 +250,13 @@ def test_fsdp2_activation_checkpointing_and_resume(fsdp_runs):
     assert state["world"] == WORLD and state["step"] == 3
     assert sorted(p.name for p in (out / "cut" / "checkpoint").glob("shards-*")) == \
         ["shards-step3"]
+
+
+@pytest.mark.slow
+def test_fsdp2_nan_loss_stops_every_process(fsdp_runs):
+    _, res = fsdp_runs
+    assert "non-finite loss on another process at step 1" in res[0]["nan_error"]
+    assert "non-finite loss nan at step 1 (method grpo" in res[1]["nan_error"]
 
 
 @pytest.mark.slow

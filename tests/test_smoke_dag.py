@@ -285,7 +285,7 @@ def test_smoke_dag_with_fsdp2_training(tmp_path):
     work = tmp_path / "work"
     res = _snakemake(work, "--configfile", str(cfile), "-p")
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "accelerate launch --num_processes 2" in res.stdout + res.stderr
+    assert "PIPELINE_TRAIN_CPU=1 accelerate launch --num_processes 2" in res.stdout + res.stderr
     root = work / "results" / "smoke"
     runs = root / "rl" / "qwen3-smoke"
     for method in ("grpo", "bupo"):

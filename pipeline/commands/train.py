@@ -63,7 +63,9 @@ def train(ns: argparse.Namespace) -> None:
                                  data=ns.data, cache_dir=ns.cache_dir)
         # sdpa: no [T, T] attention probabilities kept for backward (the γ pass of attention
         # credit computes its own, memory-bounded, from q and k)
-        model, tokenizer = load(ns.model_dir, attn_implementation="sdpa", device=dist.device)
+        # fsdp2: loaded on the CPU; fully_shard moves only each process's shards to its GPU
+        model, tokenizer = load(ns.model_dir, attn_implementation="sdpa",
+                                device="cpu" if dist.fsdp else dist.device)
         prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
         rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
                  out_dir=ns.out_dir, run=run, resume=True, distributed_mode=ns.distributed)

@@ -254,6 +254,9 @@ def run(
             blk = layout.blocks[k]
             sharded = hasattr(blk.block, "unshard")  # FSDP2: block k's forward never runs
             if sharded:
+                if torch.is_grad_enabled():
+                    raise RuntimeError("q/k reads ahead of the stop on an FSDP2 model need "
+                                       "no_grad (the block is resharded right after)")
                 blk.block.unshard()
             try:
                 x = hidden if blk.attn_norm is None else blk.attn_norm(hidden)

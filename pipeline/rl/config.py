@@ -74,9 +74,9 @@ class RLConfig:
                              f"updates_per_batch={self.updates_per_batch} minibatches")
         if self.credit_shift not in (0, 1):
             raise ValueError(f"credit_shift must be 0 or 1, got {self.credit_shift}")
-        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"compute_dtype must be float32, bfloat16 or float16, got "
-                             f"{self.compute_dtype!r}")
+        if self.compute_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16 (float16 would need "
+                             f"loss scaling), got {self.compute_dtype!r}")
         if self.save_every < 1 or self.diag_every < 1:
             raise ValueError("save_every and diag_every must be >= 1")
 

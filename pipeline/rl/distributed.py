@@ -218,7 +218,8 @@ def init(mode: str = "ddp") -> Dist:
         from accelerate import PartialState
 
         threads = torch.get_num_threads()
-        cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
+        cpu = (not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
+               or _flag("PIPELINE_TRAIN_CPU"))  # the DAG's CPU processes (rl.processes)
         PartialState(cpu=cpu, timeout=TIMEOUT)
         torch.set_num_threads(threads)
     return current(mode)

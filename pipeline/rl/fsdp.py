@@ -115,12 +115,40 @@ def full_tensors(model: nn.Module, dtype: torch.dtype | None = None
 
 
 def unsharded_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
-    """A plain (unsharded) deep copy of ``model`` (call before :func:`shard`), in
-    ``dtype``: the rollout engine's weights under FSDP2."""
+    """A plain (unsharded) deep copy of ``model`` (call before :func:`shard`, with the
+    model on the CPU), in ``dtype``: the rollout engine's weights under FSDP2."""
     out = copy.deepcopy(model)
     if dtype is not None:
         out.to(dtype)
     return out.eval().requires_grad_(False)
+
+
+def mesh(dist: Any) -> Any:
+    """The 1-D device mesh of the trainer's process group on its device type (CPU under
+    gloo even where CUDA is visible; FSDP2's default would pick the accelerator)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(dist.device.type, (dist.world,))
+
+
+@torch.no_grad()
+def consolidate(model: nn.Module, full: nn.Module | None, *, main: bool) -> nn.Module:
+    """The trained weights as one plain fp32 model on the CPU of process 0 (a collective:
+    every process gathers; the others drain the gather and get ``model`` back).
+    ``full``: the unsharded copy to fill (``None``: a fresh CPU deep copy is not possible
+    from a sharded model, so one is required when ``main``)."""
+    gathered = full_tensors(model, torch.float32)
+    if not main:
+        for _ in gathered:
+            pass
+        return model
+    if full is None:
+        raise ValueError("consolidate: process 0 needs the unsharded copy")
+    full.to(device="cpu", dtype=torch.float32)
+    params = dict(full.named_parameters())
+    for name, t in gathered:
+        params[name].copy_(t)
+    return full
 
 
 def resident_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

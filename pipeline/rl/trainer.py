@@ -290,7 +290,13 @@ def update(model: nn.Module, optimizer: torch.optim.Optimizer, ro: Rollout, prep
                        f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})")
                 if not dist.enabled:
                     raise FloatingPointError(bad)
-                break  # every process learns of it below, then all raise
+            if dist.fsdp and dist.any(bad is not None):
+                # FSDP2's backward is a collective: all processes stop before it, together
+                raise FloatingPointError(bad or (
+                    f"rl: non-finite loss on another process at step {step} (method "
+                    f"{cfg.method}, phase {cfg.phase(step)}, update {u + 1})"))
+            if bad is not None:
+                break  # ddp: every process learns of it below, then all raise
             backward(st.loss)
             loss_sum += float(st.loss.detach())
             tot["clip_frac"] += st.clip_frac * st.num_tokens
@@ -421,26 +427,31 @@ def train(
         raise ValueError("rl: no training problems")
     if dist.enabled:
         check_split(cfg.prompts_per_step, cfg.updates_per_batch, dist.world)
-        if next(model.parameters()).device != dist.device:
-            model.to(dist.device)
-    device = next(model.parameters()).device
+        if not dist.fsdp and next(model.parameters()).device != dist.device:
+            model.to(dist.device)  # fsdp2: fully_shard places only the shards
+    device = dist.device if dist.fsdp else next(model.parameters()).device
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model.eval()
-    full: nn.Module | None = None  # the unsharded copy under fsdp2
+    full: nn.Module | None = None  # the default engine's unsharded copy under fsdp2
+    push = engine is not None or dist.fsdp  # the engine needs the weights every step
     if dist.fsdp:
-        sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else None
-        full = fsdp.unsharded_copy(model, sample_dtype)
-        engine = engine or StaticDecoderEngine(full, tokenizer, owns_weights=True)
+        if engine is None:
+            sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else None
+            full = fsdp.unsharded_copy(model, sample_dtype).to(device)  # copied on the CPU
+            engine = StaticDecoderEngine(full, tokenizer, owns_weights=True)
+        elif dist.main and save_model:  # the copy the final model is consolidated into
+            full = fsdp.unsharded_copy(model)
         fsdp.shard(model, compute_dtype=getattr(torch, cfg.compute_dtype or "float32"),
-                   checkpointing=cfg.activation_checkpointing)
+                   checkpointing=cfg.activation_checkpointing, mesh=fsdp.mesh(dist))
     else:
         engine = engine or StaticDecoderEngine(model, tokenizer)
         if cfg.activation_checkpointing:
-            raise ValueError("rl: activation_checkpointing needs rl.distributed: fsdp2")
+            raise ValueError("rl: activation_checkpointing needs rl.distributed: fsdp2 on "
+                             "two or more processes")
     optimizer = make_optimizer(model, cfg)
     history: list[dict[str, Any]] = []
     start = 1
@@ -462,9 +473,12 @@ def train(
     for step in range(start, cfg.steps + 1):
         t0 = time.perf_counter()
         sync: dict[str, float] = {}
-        if dist.fsdp:
+        if push:
+            dtype = (next(full.parameters()).dtype
+                     if isinstance(engine, StaticDecoderEngine) and engine.owns_weights
+                     else None)
             with fsdp.timed(sync, "sync_time"):
-                engine.load_weights(fsdp.full_tensors(model, next(full.parameters()).dtype))
+                engine.load_weights(fsdp.full_tensors(model, dtype))
         indices = step_indices(len(problems), step, cfg.prompts_per_step, cfg.seed)
         if dist.enabled:
             _reseed(cfg.seed, dist.rank, step)
@@ -491,13 +505,12 @@ def train(
             elif dist.main:
                 save_checkpoint(ckpt_dir, **kw)
     if save_model:
-        if full is not None:  # consolidate: every process gathers, process 0 writes
-            full.to(device="cpu", dtype=torch.float32)
-            StaticDecoderEngine(full, tokenizer, owns_weights=True).load_weights(
-                fsdp.full_tensors(model, torch.float32))
+        final = model
+        if dist.fsdp:  # consolidate: every process gathers, process 0 keeps a CPU copy
+            final = fsdp.consolidate(model, full, main=dist.main)
         if dist.main:
             with atomic_dir(out_dir / "model") as tmp:
-                (full if full is not None else model).save_pretrained(tmp)
+                final.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
             atomic_write(out_dir / "history.json",
                          lambda p: Path(p).write_text(json.dumps(history, indent=1)))

@@ -16,6 +16,9 @@ rule train:
         job=C.job,
         launch=lambda wc, resources: pw.train_launcher(config, resources.get("gpu", 0)),
         mode=pw.train_mode(config),
+        threads=lambda wc, threads, resources: pw.train_threads(
+            config, threads, resources.get("gpu", 0)
+        ),
     threads: C.threads
     resources:
         **C.resources,
@@ -27,5 +30,5 @@ rule train:
         "{params.launch} train --name {wildcards.model} --method {wildcards.method:q}"
         " --seed {wildcards.seed} --model-dir {input.model} --spec {params.spec:q}"
         " {params.data} --source {params.source} {params.boundary}"
-        " --out-dir {params.out_dir} --threads {threads} --job {params.job:q}"
+        " --out-dir {params.out_dir} --threads {params.threads} --job {params.job:q}"
         " --distributed {params.mode} > {log} 2>&1"
