@@ -17,6 +17,12 @@ if not config:
 # main process: a cluster job's own Snakemake skips them, they import torch)
 validate(config, semantics=workflow.is_main_process)
 export_env(config)  # tracking URI, MLflow experiment, config hash for every job
+# planner.gpu_mem_gb set: stop before any job starts when a GPU job's estimated peak
+# memory per GPU exceeds it (pipeline.memory_plan; `reasoning-inside plan` prints the table)
+if workflow.is_main_process:
+    from pipeline.memory_plan import check_memory
+
+    check_memory(config)
 
 
 include: "workflow/rules/common.smk"

@@ -1,0 +1,55 @@
+"""``plan``: the GPU memory planner (:mod:`pipeline.memory_plan`) on a config file.
+
+    reasoning-inside plan --configfile config/paper-qwen3-8b.yaml --gpus 8 --gpu-mem 80
+
+prints one row per GPU job (the terms of its peak memory per GPU in GiB, the total and
+whether it fits) and exits 1 with one line naming the first job that does not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.commands.common import arg, stage
+
+
+@stage(
+    "plan",
+    arg("--configfile", required=True, help="experiment config (YAML)"),
+    arg("--gpus", type=int, required=True,
+        help="GPUs one job may use (caps resources.train.gpu, the train processes)"),
+    arg("--gpu-mem", type=float, required=True,
+        help="memory of one GPU as sold, in GB (treated as GiB: 80 for an 80 GB H100)"),
+    arg("--prompt-tokens", type=int, default=None,
+        help="assumed prompt length in tokens (default: planner.prompt_tokens or 512)"),
+    arg("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a config key before validation (dotted path, YAML value; '*' "
+             "matches every key), e.g. evaluation.benchmarks.*.batch_size=8; repeatable"),
+)
+def plan(ns: argparse.Namespace) -> None:
+    """Estimate the peak GPU memory of every GPU job of a config (exit 1 if one does not fit)."""
+    import yaml
+
+    from pipeline.config import ConfigError, validate
+    from pipeline.memory_plan import PlanError, check, format_table, override
+    from pipeline.memory_plan import plan as make_plan
+
+    if ns.gpus < 1 or ns.gpu_mem <= 0:
+        raise ValueError("plan: --gpus must be >= 1 and --gpu-mem > 0")
+    try:
+        with open(ns.configfile) as f:
+            config = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error: {ns.configfile} is not valid YAML: {exc}") from None
+    for item in ns.overrides:
+        override(config, item)
+    validate(config)
+    estimates = make_plan(config, gpus=ns.gpus, gpu_mem_gb=ns.gpu_mem,
+                          prompt_tokens=ns.prompt_tokens)
+    print(format_table(estimates))
+    try:
+        check(estimates)
+    except PlanError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
