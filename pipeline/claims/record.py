@@ -109,6 +109,7 @@ def write_claims(records: Sequence[ClaimRecord], out_csv: str | Path,
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
             os.close(fd)
             temps.append(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a result is shared
             if target.suffix == ".csv":
                 df.to_csv(tmp, index=False)
             else:
@@ -147,6 +148,12 @@ def read_claims(path: str | Path) -> list[ClaimRecord]:
             "boundary": float(row.get("boundary", math.nan)),
         }))
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _missing(x: Any) -> bool:

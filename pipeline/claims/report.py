@@ -82,7 +82,8 @@ def claims_html(records: Sequence[ClaimRecord], *, figure_prefix: str = "../") -
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>Claims</title>",
            "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
            "td,th{border-bottom:1px solid #d0d7de;padding:3px 6px;text-align:left}"
-           ".b{color:white;border-radius:8px;padding:1px 7px;font-size:11px}</style>",
+           ".b{color:white;border-radius:8px;padding:1px 7px;font-size:11px;"
+           "white-space:nowrap}</style>",
            f"</head><body><h1>Claims</h1><p>{len(records)} records — {html.escape(head)}</p>",
            "<table><tr><th>verdict</th><th>paper</th><th>claim</th><th>model / run</th>"
            "<th>split</th><th>metric</th><th>value</th><th>95% CI</th><th>n</th>"
