@@ -591,11 +591,6 @@ def override(config: dict[str, Any], item: str) -> dict[str, Any]:
     return config
 
 
-def _gpu(config: Mapping[str, Any], rule: str) -> int:
-    res = config["resources"]
-    return int({**res["default"], **res.get(rule, {})}.get("gpu", 0))
-
-
 def _count(config: Mapping[str, Any], spec: Mapping[str, Any], n_key: str) -> int | None:
     """Items a sampling spec covers, when the config says (n_problems / n_prompts, or a
     Countdown split's size); None when only the data knows."""
@@ -665,7 +660,7 @@ def plan(config: dict[str, Any], *, gpus: int | None = None, gpu_mem_gb: float,
         return shapes[name]  # type: ignore[return-value]
 
     def cap(rule: str) -> int:
-        g = _gpu(config, rule)
+        g = int(pw.rule_resources(config, rule).get("gpu", 0))
         return min(g, gpus) if gpus else g
 
     out: list[JobEstimate] = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -22,12 +21,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pipeline.bench.fsdp import local_share, random_rollout
 from pipeline.models.builtin import build_model
 from pipeline.models.tokenizer import build_char_tokenizer
 from pipeline.rl import RLConfig, train
 from pipeline.rl import distributed as rldist
 from pipeline.rl.checkpoint import load_checkpoint
-from pipeline.rl.distributed import Dist
+from pipeline.rl.distributed import Dist, free_port
 from pipeline.rl.trainer import (
     TIME_KEYS,
     Rollout,
@@ -72,31 +72,11 @@ def _eq_cfg(method: str) -> RLConfig:
 
 def _fixed_rollout(vocab: int, pad: int) -> Rollout:
     """A deterministic right-padded batch of GROUPS×GROUP_SIZE prompt+response rows."""
-    gen = torch.Generator().manual_seed(11)
     n = GROUPS * GROUP_SIZE
-    p_len = torch.randint(3, 7, (n,), generator=gen)
-    r_len = torch.randint(2, 10, (n,), generator=gen)
-    width = int((p_len + r_len).max())
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    am = torch.zeros((n, width), dtype=torch.long)
-    rm = torch.zeros((n, width), dtype=torch.bool)
-    for i in range(n):
-        p, r = int(p_len[i]), int(r_len[i])
-        ids[i, :p + r] = torch.randint(3, vocab, (p + r,), generator=gen)
-        am[i, :p + r] = 1
-        rm[i, p:p + r] = True
-    return Rollout(input_ids=ids, attention_mask=am, response_mask=rm,
-                   rewards=torch.tensor(REWARDS, dtype=torch.float32).reshape(-1),
-                   lengths=r_len, finished=torch.arange(n) % 3 > 0, group_size=GROUP_SIZE,
-                   texts=[""] * n)
-
-
-def _select_groups(ro: Rollout, groups: list[int]) -> Rollout:
-    rows = torch.tensor([g * ro.group_size + j for g in groups for j in range(ro.group_size)])
-    return Rollout(input_ids=ro.input_ids[rows], attention_mask=ro.attention_mask[rows],
-                   response_mask=ro.response_mask[rows], rewards=ro.rewards[rows],
-                   lengths=ro.lengths[rows], finished=ro.finished[rows],
-                   group_size=ro.group_size, texts=[ro.texts[i] for i in rows.tolist()])
+    return random_rollout(groups=GROUPS, group_size=GROUP_SIZE, prompt=(3, 6), response=(2, 9),
+                          vocab=vocab, pad=pad,
+                          rewards=torch.tensor(REWARDS, dtype=torch.float32).reshape(-1),
+                          finished=torch.arange(n) % 3 > 0, seed=11)
 
 
 def _one_update(method: str, tok, dist: Dist, optim: str = "adamw") -> dict:
@@ -109,8 +89,7 @@ def _one_update(method: str, tok, dist: Dist, optim: str = "adamw") -> dict:
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     else:
         opt = make_optimizer(model, cfg)
-    ro = _select_groups(_fixed_rollout(len(tok), tok.pad_token_id),
-                        rldist.shard(list(range(GROUPS)), dist.rank, dist.world))
+    ro = local_share(_fixed_rollout(len(tok), tok.pad_token_id), dist.rank, dist.world)
     prep = prepare(model, ro, cfg, 1, dist)
     upd = update(model, opt, ro, prep, cfg, 1, dist=dist)
     return {"params": {k: v.detach().clone() for k, v in model.named_parameters()},
@@ -181,17 +160,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     t0 = time.perf_counter()
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
     res = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     return out, res, time.perf_counter() - t0
 

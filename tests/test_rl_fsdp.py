@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pipeline.bench.fsdp import local_share
 from pipeline.generation import Generation
 from pipeline.models import load
 from pipeline.models.builtin import build_model
@@ -31,7 +31,7 @@ from pipeline.models.tokenizer import build_char_tokenizer
 from pipeline.rl import RLConfig, train
 from pipeline.rl import fsdp as rlfsdp
 from pipeline.rl.checkpoint import load_checkpoint
-from pipeline.rl.distributed import Dist
+from pipeline.rl.distributed import Dist, free_port
 from pipeline.rl.rollout_engine import Samples, Sampling
 from pipeline.rl.trainer import TIME_KEYS, make_optimizer, prepare, update
 from pipeline.tasks import countdown
@@ -116,14 +116,7 @@ def _fixed_batch(tok):
 def _resident(model, tok, dist: Dist) -> int:
     cfg, ro = _fixed_batch(tok)
     if dist.enabled:
-        from pipeline.rl.distributed import shard
-        from pipeline.rl.trainer import Rollout
-
-        rows = torch.tensor([g * 4 + j for g in shard(list(range(4)), dist.rank, dist.world)
-                             for j in range(4)])
-        ro = Rollout(ro.input_ids[rows], ro.attention_mask[rows], ro.response_mask[rows],
-                     ro.rewards[rows], ro.lengths[rows], ro.finished[rows], 4,
-                     [ro.texts[i] for i in rows.tolist()])
+        ro = local_share(ro, dist.rank, dist.world)
     opt = make_optimizer(model, cfg)
     update(model, opt, ro, prepare(model, ro, cfg, 1, dist), cfg, 1, dist=dist)
     return rlfsdp.resident_bytes(model, opt)
@@ -172,16 +165,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -285,3 +272,21 @@ def test_unknown_distributed_mode(tmp_path, char_tokenizer):
     with pytest.raises(ValueError, match="unknown mode 'fsdp'"):
         train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward, _cfg("grpo"),
               prompt_fn=prompt_fn, out_dir=tmp_path, distributed_mode="fsdp")
+
+
+def test_static_engine_load_weights(char_tokenizer):
+    from pipeline.rl.rollout_engine import StaticDecoderEngine
+
+    src, dst = _model(char_tokenizer), build_model({**SPEC, "seed": 1}, char_tokenizer, seed=1)
+    engine = StaticDecoderEngine(dst, char_tokenizer, owns_weights=True)
+    engine.load_weights(src.named_parameters())
+    assert all(torch.equal(a, b) for a, b in zip(src.parameters(), dst.parameters(),
+                                                 strict=True))
+    with pytest.raises(KeyError, match="no weights for"):
+        engine.load_weights(list(src.named_parameters())[1:])
+    with pytest.raises(KeyError, match="unknown parameter 'nope'"):
+        engine.load_weights([("nope", torch.zeros(1))])
+    shared = StaticDecoderEngine(src, char_tokenizer)
+    shared.load_weights([])  # the training model itself: nothing to copy
+    with pytest.raises(ValueError, match="samples from the training model"):
+        shared.load_weights(src.named_parameters())

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -72,13 +71,26 @@ def model_spec(size: str) -> dict[str, Any]:
 def fixed_rollout(size: str, vocab: int, pad: int, seed: int = 11):
     """A deterministic right-padded rollout batch of the size's groups × group_size rows,
     rewards alternating within every group (so every group has a learning signal)."""
+    s = SIZES[size]
+    n = s["groups"] * s["group_size"]
+    return random_rollout(groups=s["groups"], group_size=s["group_size"], prompt=s["prompt"],
+                          response=s["response"], vocab=vocab, pad=pad,
+                          rewards=(torch.arange(n) % 2).float(),
+                          finished=torch.ones(n, dtype=torch.bool), seed=seed)
+
+
+def random_rollout(*, groups: int, group_size: int, prompt: tuple[int, int],
+                   response: tuple[int, int], vocab: int, pad: int, rewards: torch.Tensor,
+                   finished: torch.Tensor, seed: int = 11):
+    """A right-padded :class:`~pipeline.rl.trainer.Rollout` of ``groups × group_size``
+    rows with random token ids in ``[3, vocab)``; prompt and response lengths drawn
+    uniformly from the inclusive ranges ``prompt`` and ``response`` (seeded)."""
     from pipeline.rl.trainer import Rollout
 
-    s = SIZES[size]
     gen = torch.Generator().manual_seed(seed)
-    n = s["groups"] * s["group_size"]
-    p_len = torch.randint(s["prompt"][0], s["prompt"][1] + 1, (n,), generator=gen)
-    r_len = torch.randint(s["response"][0], s["response"][1] + 1, (n,), generator=gen)
+    n = groups * group_size
+    p_len = torch.randint(prompt[0], prompt[1] + 1, (n,), generator=gen)
+    r_len = torch.randint(response[0], response[1] + 1, (n,), generator=gen)
     width = int((p_len + r_len).max())
     ids = torch.full((n, width), pad, dtype=torch.long)
     am = torch.zeros((n, width), dtype=torch.long)
@@ -88,10 +100,8 @@ def fixed_rollout(size: str, vocab: int, pad: int, seed: int = 11):
         ids[i, :p + r] = torch.randint(3, vocab, (p + r,), generator=gen)
         am[i, :p + r] = 1
         rm[i, p:p + r] = True
-    return Rollout(input_ids=ids, attention_mask=am, response_mask=rm,
-                   rewards=(torch.arange(n) % 2).float(), lengths=r_len,
-                   finished=torch.ones(n, dtype=torch.bool), group_size=s["group_size"],
-                   texts=[""] * n)
+    return Rollout(input_ids=ids, attention_mask=am, response_mask=rm, rewards=rewards,
+                   lengths=r_len, finished=finished, group_size=group_size, texts=[""] * n)
 
 
 def local_share(ro, rank: int, world: int):
@@ -173,12 +183,6 @@ def _worker(rank: int, world: int, port: int, a: argparse.Namespace, out: str) -
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def summarise(ranks: list[dict[str, Any]], a: argparse.Namespace) -> dict[str, Any]:
     """Per-step times as the slowest process's, medians, ratios fsdp2 / ddp."""
     slow = {k: [max(xs) for xs in zip(*(r["times"][k] for r in ranks), strict=True)]
@@ -228,9 +232,11 @@ def format_table(res: dict[str, Any]) -> str:
 def run(a: argparse.Namespace) -> int:
     import torch.multiprocessing as mp
 
+    from pipeline.rl.distributed import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        mp.spawn(_worker, args=(a.world, _free_port(), a, tmp), nprocs=a.world, join=True)
+        mp.spawn(_worker, args=(a.world, free_port(), a, tmp), nprocs=a.world, join=True)
         wall = time.perf_counter() - t0
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(a.world)]
     res = summarise(ranks, a)

@@ -37,7 +37,6 @@ import gc
 import importlib
 import json
 import math
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -333,22 +332,18 @@ def generation_part(s: Settings, device: torch.device) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- driver
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_group(device: torch.device) -> Any:
     """A one-process group (NCCL on CUDA, gloo on CPU) and its 1-device mesh."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    from pipeline.rl.distributed import free_port
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(
             "nccl" if device.type == "cuda" else "gloo", world_size=1, rank=0,
-            init_method=f"tcp://127.0.0.1:{_free_port()}")
+            init_method=f"tcp://127.0.0.1:{free_port()}")
     return init_device_mesh(device.type, (1,))
 
 

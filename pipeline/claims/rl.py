@@ -17,6 +17,7 @@ from pipeline.claims.common import PAPER_BUPO, PAPER_RHYTHM, figure, rel
 from pipeline.claims.record import ClaimRecord
 from pipeline.claims.stats import Interval, t_quantile
 from pipeline.claims.verdict import Greater, Less, make_record
+from pipeline.comparison import headline_metric
 
 PAPER_RL = "arXiv:2504.13837"  # avg@k vs pass@k: "Does RL really incentivize reasoning…"
 PAPER_OF = {"bupo": PAPER_BUPO, "bupo+rhythm_coupled": PAPER_BUPO}
@@ -47,13 +48,6 @@ def _neg(iv: Interval) -> Interval:
     return Interval(-iv.value, -iv.high, -iv.low, iv.n, iv.kind, iv.se, iv.conf)
 
 
-def headline(metrics: list[str]) -> str | None:
-    """avg@n if the benchmark has it, else greedy accuracy / accuracy (as the comparison)."""
-    from pipeline.comparison import headline_metric
-
-    return headline_metric(metrics)
-
-
 def method_vs_grpo(root: str | Path) -> list[ClaimRecord]:
     """``rl.vs_grpo.<method>.<benchmark>``: method − GRPO on the benchmark's headline
     metric, paired by seed (> 0: the method helps)."""
@@ -63,7 +57,7 @@ def method_vs_grpo(root: str | Path) -> list[ClaimRecord]:
     out = []
     fig = _fig(root, "accuracy_fig")
     for (model, bench), g in diff[diff["baseline"] == "grpo"].groupby(["model", "benchmark"]):
-        metric = headline(list(g["metric"].unique()))
+        metric = headline_metric(list(g["metric"].unique()))
         for _, row in g[(g["metric"] == metric) & (g["method"] != "base")].iterrows():
             method = row["method"]
             out.append(make_record(
@@ -141,7 +135,7 @@ def credit_order(root: str | Path) -> list[ClaimRecord]:
     out = []
     fig = _fig(root, "accuracy_fig")
     for (model, bench), g in ev.groupby(["model", "benchmark"]):
-        metric = headline(list(g["metric"].unique()))
+        metric = headline_metric(list(g["metric"].unique()))
         per = {m: s.set_index("seed")["value"] for m, s in
                g[g["metric"] == metric].groupby("method")}
         if "rhythm_coupled" not in per:

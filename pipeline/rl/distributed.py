@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -57,6 +58,13 @@ def check_launch() -> None:
                 f"rl: accelerate's {name} plugin is not supported: the RL trainer shards the "
                 "model itself; use rl.distributed: fsdp2 (or ddp) with a MULTI_GPU/MULTI_CPU "
                 "accelerate config")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a local rendezvous (MASTER_PORT / init_method)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def check_split(prompts_per_step: int, updates_per_batch: int, world: int) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -114,6 +114,20 @@ def full_tensors(model: nn.Module, dtype: torch.dtype | None = None
         yield name, (t.detach().to(dtype) if dtype is not None else t.detach())
 
 
+@torch.no_grad()
+def copy_named(module: nn.Module, named_tensors: Iterable[tuple[str, Tensor]]) -> set[str]:
+    """Copy ``(name, tensor)`` pairs into ``module``'s parameters of those names (cast to
+    each parameter's dtype and device); returns the names copied. Unknown name → KeyError."""
+    params = dict(module.named_parameters())
+    seen = set()
+    for name, t in named_tensors:
+        if name not in params:
+            raise KeyError(f"unknown parameter {name!r}")
+        params[name].copy_(t)
+        seen.add(name)
+    return seen
+
+
 def unsharded_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A plain (unsharded) deep copy of ``model`` (call before :func:`shard`, with the
     model on the CPU), in ``dtype``: the rollout engine's weights under FSDP2."""
@@ -145,9 +159,7 @@ def consolidate(model: nn.Module, full: nn.Module | None, *, main: bool) -> nn.M
     if full is None:
         raise ValueError("consolidate: process 0 needs the unsharded copy")
     full.to(device="cpu", dtype=torch.float32)
-    params = dict(full.named_parameters())
-    for name, t in gathered:
-        params[name].copy_(t)
+    copy_named(full, gathered)
     return full
 
 

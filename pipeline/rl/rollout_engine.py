@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.generation import Generation, generate
+from pipeline.rl.fsdp import copy_named
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,14 @@ class StaticDecoderEngine:
                         desc="rollout", dtype=sampling.dtype)
         return Samples(gens)
 
-    @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
         """Copy ``(name, full tensor)`` pairs into the engine's parameters (every
         parameter must come, under its ``named_parameters`` name; tied ones once)."""
-        params = dict(self.model.named_parameters())
-        seen = set()
-        for name, t in named_tensors:
-            if not self.owns_weights:
+        if not self.owns_weights:
+            if next(iter(named_tensors), None) is not None:
                 raise ValueError("load_weights: this engine samples from the training model")
-            if name not in params:
-                raise KeyError(f"load_weights: unknown parameter {name!r}")
-            params[name].copy_(t)
-            seen.add(name)
-        if self.owns_weights and (missing := sorted(set(params) - seen)):
+            return
+        seen = copy_named(self.model, named_tensors)
+        if missing := sorted({n for n, _ in self.model.named_parameters()} - seen):
             raise KeyError(f"load_weights: no weights for {missing[:3]}"
                            f"{' …' if len(missing) > 3 else ''}")

@@ -438,11 +438,13 @@ def train(
     model.eval()
     full: nn.Module | None = None  # the default engine's unsharded copy under fsdp2
     push = engine is not None or dist.fsdp  # the engine needs the weights every step
+    sync_dtype: torch.dtype | None = None  # what the gathered weights are cast to
     if dist.fsdp:
         if engine is None:
             sample_dtype = getattr(torch, cfg.sample_dtype) if cfg.sample_dtype else None
             full = fsdp.unsharded_copy(model, sample_dtype).to(device)  # copied on the CPU
             engine = StaticDecoderEngine(full, tokenizer, owns_weights=True)
+            sync_dtype = next(full.parameters()).dtype
         elif dist.main and save_model:  # the copy the final model is consolidated into
             full = fsdp.unsharded_copy(model)
         fsdp.shard(model, compute_dtype=getattr(torch, cfg.compute_dtype or "float32"),
@@ -474,11 +476,8 @@ def train(
         t0 = time.perf_counter()
         sync: dict[str, float] = {}
         if push:
-            dtype = (next(full.parameters()).dtype
-                     if isinstance(engine, StaticDecoderEngine) and engine.owns_weights
-                     else None)
             with fsdp.timed(sync, "sync_time"):
-                engine.load_weights(fsdp.full_tensors(model, dtype))
+                engine.load_weights(fsdp.full_tensors(model, sync_dtype))
         indices = step_indices(len(problems), step, cfg.prompts_per_step, cfg.seed)
         if dist.enabled:
             _reseed(cfg.seed, dist.rank, step)
