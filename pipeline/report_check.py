@@ -43,6 +43,8 @@ REPORT_VIEWS = (
     ("Training", "training_curves.png"),
     ("Before/after RL", "entropy_per_layer.png"),
     ("Before/after RL", "attention_before_after.png"),
+    ("Claims", "claims.html"),
+    ("Claims", "claims.png"),
 )
 MLFLOW_FIGURE = "figures/accuracy.png"
 

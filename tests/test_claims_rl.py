@@ -100,7 +100,19 @@ def test_credit_order_paired_by_seed(tmp_path):
     assert local.verdict == "holds" and local.value == pytest.approx(0.1)
     rand = recs["rl.credit.coupled_vs_credit_random.countdown"]
     assert rand.verdict == "inconclusive"  # differences 0, −0.01, +0.01
-    assert "rl.credit.coupled_vs_rhythm_global.countdown" not in recs  # not trained
+    glob = recs["rl.credit.coupled_vs_rhythm_global.countdown"]  # not trained
+    assert glob.verdict == "not measurable" and glob.n == 0
+    assert glob.reason == "rhythm_global not trained (add to rl.methods)"
+    # a benchmark with the base model only (no RL) has no credit records; one without
+    # rhythm_coupled names it
+    _write(tmp_path, "evaluations", [
+        dict(model="m", method=m, seed=0, benchmark=b, task="t", metric="avg@8", value=0.1,
+             ci_lo=0, ci_hi=1, n_problems=10)
+        for m, b in (("base", "mmlu"), ("base", "countdown"), ("grpo", "countdown"))])
+    recs = credit_order(tmp_path)
+    assert {r.claim_id.rsplit(".", 1)[1] for r in recs} == {"countdown"}
+    assert len(recs) == 4 and all(r.verdict == "not measurable" for r in recs)
+    assert recs[0].reason.startswith("rhythm_coupled and ")
 
 
 def test_no_comparison_no_records(tmp_path):
@@ -118,3 +130,17 @@ def test_claims_page_and_figure(tmp_path):
     assert "holds: 3" in page and "arXiv:2504.13837" in page
     fig = forest_figure(recs)
     assert len(fig.axes) == 2  # one panel per paper
+    # self-contained: each figure found under the root is embedded once and the rows jump
+    # to it; a figure not found stays a relative link
+    import dataclasses
+
+    (tmp_path / "compare" / "figures").mkdir(parents=True)
+    fig.savefig(tmp_path / "compare" / "figures" / "accuracy.png")
+    names = ["compare/figures/accuracy.png", "compare/figures/gone.png", None]
+    recs = [dataclasses.replace(r, figure=names[i % 3]) for i, r in enumerate(recs)]
+    page = claims_html(recs, embed_root=tmp_path)
+    assert page.count("data:image/png;base64,") == 1 and "id='fig-1'" in page
+    assert page.count("href='#fig-1'") == sum(r.figure == names[0] for r in recs)
+    assert page.count("href='../compare/figures/gone.png'") == sum(
+        r.figure == names[1] for r in recs)
+    assert page.count(">figure</a>") == sum(r.figure is not None for r in recs)

@@ -341,3 +341,28 @@ def test_token_mask_projects_only_selected_positions(side: str) -> None:
         assert torch.equal(~torch.isnan(part[key]), sel[:, None].expand_as(part[key]))
         picked = sel[:, None].expand_as(part[key])
         torch.testing.assert_close(part[key][picked], full[key][picked], **TOL)
+
+
+def test_within_token_budget_keeps_leading_responses() -> None:
+    """The decomposition's token budget (methods §1.1 "Data"): leading rows whose response
+    tokens sum to ≤ budget, at least one, all for None; checked against a plain loop."""
+    import pandas as pd
+
+    from pipeline.decomposition.stage import within_token_budget
+
+    table = pd.DataFrame({"num_response_tokens": [128, 40, 128, 7, 128], "sample": range(5)})
+
+    def naive(budget: int) -> int:
+        kept, used = 0, 0
+        for n in table["num_response_tokens"]:
+            if used + n > budget:
+                break
+            kept, used = kept + 1, used + n
+        return max(kept, 1)
+
+    for budget in (1, 127, 128, 168, 295, 296, 303, 431, 10_000):
+        got = within_token_budget(table, budget)
+        assert list(got["sample"]) == list(range(naive(budget))), budget
+    assert within_token_budget(table, None) is table
+    with pytest.raises(ValueError, match="max_response_tokens"):
+        within_token_budget(table, 0)

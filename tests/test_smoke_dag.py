@@ -90,6 +90,10 @@ def test_outputs(smoke_run):
     assert len(read_claims(root / "claims" / "claims.parquet")) == len(claims)
     page = (root / "claims" / "claims.html").read_text()
     assert page.count("<tr>") == len(claims) + 1
+    # self-contained: every figure a record names is embedded once and linked in-page
+    figs = {c.figure for c in claims if c.figure}
+    assert figs and page.count("data:image/png;base64,") == len(figs)
+    assert "href='../" not in page
     assert (root / "claims" / "claims.png").stat().st_size > 10_000
 
 
@@ -204,7 +208,7 @@ def test_comparison_outputs(smoke_run):
 REPORT_RESULTS = {*COMPARE_FIGURES, "tables.html", "comparison.csv", "differences.csv",
                   "evaluations.csv", "before_after.csv", "evaluation.png",
                   "compare_models.png", "heatmap.png", "trace.png", "head_distance.png",
-                  "entropy_flow_raw.png", "delta_raw.png"}
+                  "entropy_flow_raw.png", "delta_raw.png", "claims.html", "claims.png"}
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +231,7 @@ def test_html_report(html_report):
     assert report_results(html_report) >= REPORT_RESULTS
     assert text.count("data:image/png") >= len(COMPARE_FIGURES) + 3
     for category in ("Comparison", "Training", "Before/after RL", "Evaluation",
-                     "Decomposition", "Attention"):
+                     "Decomposition", "Attention", "Claims"):
         assert json.dumps(category) in text, category
     # self-contained: no script, stylesheet or image fetched from the network
     assert not re.search(r'<(?:script|link|img)[^>]*(?:src|href)="https?://', text)
@@ -246,8 +250,8 @@ def test_report_and_mlflow_in_a_browser(smoke_run, html_report, tmp_path):
     index = check(html_report, workdir / "results" / "mlflow.db", tmp_path / "shots",
                   experiment="reasoning-inside-smoke")
     names = {s["name"] for s in index["shots"]}
-    assert {"report_home", "report_accuracy", "report_tables", "mlflow_experiment",
-            "mlflow_run", "mlflow_artifact"} <= names
+    assert {"report_home", "report_accuracy", "report_tables", "report_claims",
+            "mlflow_experiment", "mlflow_run", "mlflow_artifact"} <= names
     assert index["ok"], index
 
 

@@ -18,6 +18,7 @@ from pipeline.claims.record import ClaimRecord
 from pipeline.claims.stats import Interval, t_quantile
 from pipeline.claims.verdict import Greater, Less, make_record
 from pipeline.comparison import headline_metric
+from pipeline.comparison.stats import BASE
 
 PAPER_RL = "arXiv:2504.13837"  # avg@k vs pass@k: "Does RL really incentivize reasoning…"
 PAPER_OF = {"bupo": PAPER_BUPO, "bupo+rhythm_coupled": PAPER_BUPO}
@@ -128,7 +129,8 @@ def ipa_entropy(root: str | Path) -> list[ClaimRecord]:
 
 def credit_order(root: str | Path) -> list[ClaimRecord]:
     """``rl.credit.coupled_vs_<rival>.<benchmark>``: rhythm_coupled − rival on the
-    headline metric, paired by seed (> 0), for every rival trained alongside."""
+    headline metric, paired by seed (> 0), on every benchmark of a model trained with RL;
+    a method that was not trained gives a ``not measurable`` record naming it."""
     ev = _table(root, "evaluations")
     if ev is None:
         return []
@@ -138,10 +140,18 @@ def credit_order(root: str | Path) -> list[ClaimRecord]:
         metric = headline_metric(list(g["metric"].unique()))
         per = {m: s.set_index("seed")["value"] for m, s in
                g[g["metric"] == metric].groupby("method")}
-        if "rhythm_coupled" not in per:
-            continue
+        if set(per) <= {BASE}:
+            continue  # no RL on this model and benchmark
         for rival in CREDIT_RIVALS:
-            if rival not in per:
+            missing = [m for m in ("rhythm_coupled", rival) if m not in per]
+            if missing:
+                out.append(make_record(
+                    claim_id=f"rl.credit.coupled_vs_{rival}.{bench}", paper=PAPER_RHYTHM,
+                    claim=f"coupled rhythm credit beats {rival} on {bench}", model=model,
+                    run=model, split=f"{bench} (seeds)",
+                    metric=f"{metric}(rhythm_coupled) − {metric}({rival})",
+                    criterion=Greater(0.0), kind="t",
+                    reason=f"{' and '.join(missing)} not trained (add to rl.methods)"))
                 continue
             seeds = sorted(set(per["rhythm_coupled"].index) & set(per[rival].index))
             out.append(make_record(

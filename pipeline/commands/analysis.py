@@ -54,6 +54,8 @@ def decomposition(ns: argparse.Namespace) -> None:
 
     spec = ns.spec
     with _analysis(ns) as (run, model, tokenizer, table):
+        offered = len(table)
+        table = dec.within_token_budget(table, spec["max_response_tokens"])
         tidy, summary = dec.decompose_responses(
             model, table, tokenizer.pad_token_id, model_name=ns.name,
             conventions=spec["conventions"], batch_size=spec["batch_size"])
@@ -72,6 +74,7 @@ def decomposition(ns: argparse.Namespace) -> None:
         }
         io.write_json(ns.out_boundary, boundary)
         summary.update({"model": ns.name, "num_responses": len(table),
+                        "responses_offered": offered,
                         "response_tokens": int(table["num_response_tokens"].sum())})
         io.write_json(ns.out_summary, summary)
         fig_dir = Path(ns.fig_dir)

@@ -40,6 +40,18 @@ def _series(ents: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor
     return out
 
 
+def within_token_budget(table: pd.DataFrame, max_tokens: int | None) -> pd.DataFrame:
+    """The leading responses of ``table`` (its row order) whose response tokens add up to at
+    most ``max_tokens``, never fewer than one; all of them for ``None`` (docs/methods.md §1.1
+    "Data": the decomposition's cost is linear in response tokens)."""
+    if max_tokens is None:
+        return table
+    if max_tokens < 1:
+        raise ValueError(f"max_response_tokens must be ≥ 1 or None, got {max_tokens}")
+    total = np.cumsum(table["num_response_tokens"].to_numpy())
+    return table.iloc[:max(1, int(np.searchsorted(total, max_tokens, side="right")))]
+
+
 def decompose_responses(
     model: torch.nn.Module,
     table: pd.DataFrame,
