@@ -139,6 +139,16 @@ def report_view(report: str | Path, category: str, name: str, out: str | Path) -
     return out
 
 
+def view_names(views: Sequence[tuple[str, str]]) -> list[str]:
+    """Screenshot names of the report views: ``report_<stem>``, and ``report_<stem>_<ext>``
+    for a result whose stem an earlier view already took (claims.html, claims.png)."""
+    names: list[str] = []
+    for _, name in views:
+        shot = f"report_{Path(name).stem}"
+        names.append(shot if shot not in names else f"{shot}_{Path(name).suffix.lstrip('.')}")
+    return names
+
+
 def report_results(report: str | Path) -> set[str]:
     """Names of the results embedded in a Snakemake HTML report."""
     text = Path(report).read_text(encoding="utf-8")
@@ -253,13 +263,12 @@ def check(report: str | Path | None, mlflow_db: str | Path | None, out: str | Pa
         take("report_home", report.as_uri(), budget_ms=5000)
         present = report_results(report)
         with tempfile.TemporaryDirectory(prefix="report-views-") as tmp:
-            for category, name in views:
+            for shot, (category, name) in zip(view_names(views), views, strict=True):
                 if name not in present:
-                    shots.append({"name": f"report_{Path(name).stem}", "missing": name,
-                                  "blank": True})
+                    shots.append({"name": shot, "missing": name, "blank": True})
                     continue
-                copy = report_view(report, category, name, Path(tmp) / f"{Path(name).stem}.html")
-                take(f"report_{Path(name).stem}", copy.as_uri(), budget_ms=5000)
+                copy = report_view(report, category, name, Path(tmp) / f"{shot}.html")
+                take(shot, copy.as_uri(), budget_ms=5000)
     if mlflow_db is not None:
         with mlflow_ui(mlflow_db, log=out / "mlflow_ui.log") as url:
             for name, page in mlflow_pages(url, experiment).items():

@@ -51,3 +51,9 @@ def test_chromium_screenshot(tmp_path):
     assert not rc.blank(png)
     with Image.open(png) as im:
         assert im.size == (400, 300)
+
+
+def test_view_names_unique():
+    names = rc.view_names(rc.REPORT_VIEWS)
+    assert len(set(names)) == len(names) == len(rc.REPORT_VIEWS)
+    assert {"report_tables", "report_claims", "report_claims_png"} <= set(names)

@@ -4,11 +4,9 @@ page (one row per claim and run, a verdict badge, value and interval, the figure
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -75,60 +73,35 @@ def _num(x: float) -> str:
     return "—" if not math.isfinite(x) else f"{x:.4g}"
 
 
-def _embedded(path: Path) -> str:
-    """A PNG (or any image) file as a data URI."""
-    mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(
-        path.suffix.lower(), "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-
-
-def claims_html(records: Sequence[ClaimRecord], *, figure_prefix: str = "../",
-                embed_root: str | Path | None = None) -> str:
+def claims_html(records: Sequence[ClaimRecord], *, figure_prefix: str = "../") -> str:
     """An HTML page: one row per record with a verdict badge, the value and its interval,
-    n (and n needed for inconclusive ones), the reason and the figure link.
-
-    With ``embed_root`` (the experiment root the records' figure paths are relative to) the
-    page is self-contained: every figure found there is embedded once at the end of the page
-    and the row links jump to it, so the links work inside the Snakemake report too. A figure
-    not found there, or every figure without ``embed_root``, is linked as ``figure_prefix``
-    + its path (relative to the experiment root)."""
+    n (and n needed for inconclusive ones), the reason and the figure that shows the claim:
+    a link to ``figure_prefix`` + its path (relative to the experiment root, so the links
+    work from ``claims/claims.html``), labelled with that path. Figures are not embedded: the
+    Snakemake report shows an HTML result as a data-URI iframe, which Chromium refuses above
+    2 MB; there the path is what the report's search box finds."""
     counts = {v: sum(r.verdict == v for r in records) for v in COLORS}
     head = " · ".join(f"{v}: {n}" for v, n in counts.items())
-    anchors: dict[str, str] = {}
-    if embed_root is not None:
-        for r in records:
-            if r.figure and r.figure not in anchors and (Path(embed_root) / r.figure).is_file():
-                anchors[r.figure] = f"fig-{len(anchors) + 1}"
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>Claims</title>",
            "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
            "td,th{border-bottom:1px solid #d0d7de;padding:3px 6px;text-align:left}"
            ".b{color:white;border-radius:8px;padding:1px 7px;font-size:11px;"
-           "white-space:nowrap}figure{margin:24px 0}img{max-width:100%}"
-           "figcaption{color:#57606a}</style>",
-           f"</head><body><h1 id='top'>Claims</h1><p>{len(records)} records — "
-           f"{html.escape(head)}</p>",
+           "white-space:nowrap}.f{font-size:11px}</style>",
+           f"</head><body><h1>Claims</h1><p>{len(records)} records — {html.escape(head)}</p>",
+           "<p>Definitions: docs/methods.md §9. A figure link opens the file next to this "
+           "page (results/&lt;experiment&gt;/); in the HTML report, search for its path.</p>",
            "<table><tr><th>verdict</th><th>paper</th><th>claim</th><th>model / run</th>"
            "<th>split</th><th>metric</th><th>value</th><th>95% CI</th><th>n</th>"
            "<th>criterion</th><th>note</th><th>figure</th></tr>"]
     for r in records:
         badge = f"<span class='b' style='background:{COLORS[r.verdict]}'>{r.verdict}</span>"
         needed = f" (needs {r.n_needed})" if r.n_needed else ""
-        href = (f"#{anchors[r.figure]}" if r.figure in anchors
-                else figure_prefix + r.figure if r.figure else "")
-        fig = f"<a href='{html.escape(href)}'>figure</a>" if href else ""
+        fig = (f"<a class='f' href='{html.escape(figure_prefix + r.figure)}'>"
+               f"{html.escape(r.figure)}</a>" if r.figure else "")
         cells = [badge, html.escape(r.paper), html.escape(r.claim),
                  html.escape(r.run), html.escape(r.split), html.escape(r.metric),
                  _num(r.value), f"[{_num(r.ci_low)}, {_num(r.ci_high)}] {r.ci_kind}",
                  f"{r.n}{needed}", html.escape(r.criterion), html.escape(r.reason), fig]
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    out.append("</table>")
-    if anchors:
-        out.append("<h2>Figures</h2>")
-    for path, anchor in anchors.items():
-        claims = sorted({r.claim_id for r in records if r.figure == path})
-        out.append(f"<figure id='{anchor}'><img alt='{html.escape(path)}' "
-                   f"src='{_embedded(Path(embed_root) / path)}'><figcaption>"
-                   f"{html.escape(path)} — {html.escape(', '.join(claims))} · "
-                   "<a href='#top'>back to the table</a></figcaption></figure>")
-    out.append("</body></html>")
+    out.append("</table></body></html>")
     return "\n".join(out)

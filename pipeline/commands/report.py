@@ -85,7 +85,7 @@ def claims(ns: argparse.Namespace) -> None:
         fig = forest_figure(records)
         Path(ns.out_html).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(ns.out_figure, dpi=110)
-        Path(ns.out_html).write_text(claims_html(records, embed_root=ns.root))
+        Path(ns.out_html).write_text(claims_html(records))
         write_claims(records, ns.out_csv, ns.out_parquet)  # the table last: it is the target
         run.figure(fig, Path(ns.out_figure).name)
         run.artifact(ns.out_csv, "tables")
