@@ -346,10 +346,13 @@ def claims_runs(config: dict[str, Any]) -> list[str]:
 
 def claims_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
     """What ``pipeline claims`` reads: every analysis model's decomposition, attention and
-    depth summaries, and the comparison (which needs the trained runs' analyses)."""
+    depth summaries, the models' decomposition overlay (a record's figure is named only once
+    it exists, so every figure a record can name is an input) and the comparison (which
+    needs the trained runs' analyses)."""
     models = analysis_models(config)
     return {
         "decomposition": [paths.analysis(root_dir, "decomposition", run_id=m) for m in models],
+        "decomposition_compare": [paths.decomposition_compare(root_dir)] if models else [],
         "attention": [paths.analysis(root_dir, "attention", run_id=m) for m in models],
         "depth": [paths.depth(root_dir, m) for m in models],
         "compare": [paths.compare(root_dir, "summary")],

@@ -191,3 +191,16 @@ def test_builtin_and_prompt_style_are_decided_by_the_source():
     assert cfg.resolve_prompt_style("auto", "gguf") == "chat"
     assert cfg.resolve_prompt_style("auto", "hub") == "chat"
     assert cfg.resolve_prompt_style("chat_example", "builtin") == "chat_example"
+
+
+def test_claims_job_waits_for_every_figure_a_record_names():
+    """A record names its figure only once the file exists, so the claims job must wait for
+    the decomposition overlay too (it ran after claims in a default DAG of 2026-12-06, and a
+    rerun of claims then named the figure)."""
+    from pipeline import paths
+    from pipeline import workflow as pw
+
+    config = cfg.load(ROOT / "config" / "config.yaml")
+    inputs = [p for v in pw.claims_inputs(config, "R").values() for p in v]
+    assert paths.decomposition_compare("R") in inputs
+    assert paths.compare("R", "summary") in inputs

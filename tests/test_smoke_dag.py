@@ -93,6 +93,8 @@ def test_outputs(smoke_run):
     # every figure a record names exists, and the page links it relative to itself
     figs = {c.figure for c in claims if c.figure}
     assert figs and all((root / f).is_file() for f in figs)
+    assert {c.figure for c in claims if c.claim_id == "bupo.llama_small_dh"} == {
+        "decomposition/compare_models.png"}
     assert all(f"href='../{f}'" in page for f in figs)
     assert len(page) < 1_500_000  # the report's data-URI iframe stops at 2 MB (base64)
     assert (root / "claims" / "claims.png").stat().st_size > 10_000
