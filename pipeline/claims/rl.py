@@ -144,16 +144,8 @@ def credit_order(root: str | Path) -> list[ClaimRecord]:
             continue  # no RL on this model and benchmark
         for rival in CREDIT_RIVALS:
             missing = [m for m in ("rhythm_coupled", rival) if m not in per]
-            if missing:
-                out.append(make_record(
-                    claim_id=f"rl.credit.coupled_vs_{rival}.{bench}", paper=PAPER_RHYTHM,
-                    claim=f"coupled rhythm credit beats {rival} on {bench}", model=model,
-                    run=model, split=f"{bench} (seeds)",
-                    metric=f"{metric}(rhythm_coupled) − {metric}({rival})",
-                    criterion=Greater(0.0), kind="t",
-                    reason=f"{' and '.join(missing)} not trained (add to rl.methods)"))
-                continue
-            seeds = sorted(set(per["rhythm_coupled"].index) & set(per[rival].index))
+            seeds = [] if missing else sorted(set(per["rhythm_coupled"].index)
+                                              & set(per[rival].index))
             out.append(make_record(
                 claim_id=f"rl.credit.coupled_vs_{rival}.{bench}", paper=PAPER_RHYTHM,
                 claim=f"coupled rhythm credit beats {rival} on {bench}", model=model,
@@ -161,7 +153,8 @@ def credit_order(root: str | Path) -> list[ClaimRecord]:
                 metric=f"{metric}(rhythm_coupled) − {metric}({rival})", criterion=Greater(0.0),
                 values=per["rhythm_coupled"].loc[seeds].to_numpy() if seeds else None,
                 paired=per[rival].loc[seeds].to_numpy() if seeds else None, kind="t",
-                figure=fig))
+                reason=f"{' and '.join(missing)} not trained (add to rl.methods)"
+                if missing else "", figure=None if missing else fig))
     return out
 
 
