@@ -335,6 +335,20 @@ def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]
 # --------------------------------------------------------------------------- claims
 
 
+def provision_spec(model: dict[str, Any]) -> dict[str, Any]:
+    """A model's config entry without the keys provisioning ignores (``claims_family``: a
+    claims setting, so changing it never re-provisions the model)."""
+    return {k: v for k, v in model.items() if k != "claims_family"}
+
+
+def claims_families(config: dict[str, Any]) -> str:
+    """``model=family`` for every model whose config sets ``claims_family`` (the others
+    take the family of their architecture, docs/methods.md §9.6); ``-`` when none."""
+    pairs = [f"{m}={s['claims_family']}" for m, s in config["models"].items()
+             if s.get("claims_family")]
+    return " ".join(pairs) or "-"
+
+
 def claims_runs(config: dict[str, Any]) -> list[str]:
     """Trained runs whose analyses the claims read (those compare analyses before/after)."""
     rl = config["rl"]

@@ -261,7 +261,8 @@ def _records() -> list[ClaimRecord]:
 def test_record_fields_and_frame():
     recs = _records()
     assert list(recs[0].to_dict()) == list(COLUMNS)
-    assert COLUMNS[:3] == ("claim_id", "paper", "claim") and COLUMNS[-2:] == ("figure", "boundary")
+    assert COLUMNS[:3] == ("claim_id", "paper", "claim") and COLUMNS[-6:] == (
+        "figure", "boundary", "paper_ref", "paper_value", "source", "family")
     df = records_frame(recs)
     assert list(df.columns) == list(COLUMNS) and len(df) == 3
     assert df["n_needed"].dtype == "Int64" and df["n"].dtype == "int64"
@@ -273,6 +274,10 @@ def test_record_fields_and_frame():
         ClaimRecord(**{**recs[0].to_dict(), "verdict": "maybe"})
     with pytest.raises(ValueError):
         ClaimRecord(**{**recs[0].to_dict(), "ci_kind": "wald"})
+    with pytest.raises(ValueError):
+        ClaimRecord(**{**recs[0].to_dict(), "source": "folklore"})
+    with pytest.raises(ValueError):
+        ClaimRecord(**{**recs[0].to_dict(), "family": "gpt"})
     with pytest.raises(ValueError):
         ClaimRecord(**{**recs[1].to_dict(), "n_needed": 5})
     with pytest.raises(AttributeError):

@@ -82,12 +82,12 @@ def mismatch_note(stage: float, recomputed: float, what: str = "value") -> str:
 def unjudged(*, claim_id: str, paper: str, claim: str, model: str, run: str, split: str,
              metric: str, interval: Interval, criterion: str, reason: str,
              figure: str | None = None) -> ClaimRecord:
-    """A ``not measurable`` record that still carries the measured value, interval and n
-    (the paper gives no criterion to judge it against, §9.5)."""
+    """A ``descriptive`` record: a measured value, interval and n that no paper predicts,
+    so no criterion judges it (§9.3)."""
     return ClaimRecord(
         claim_id=claim_id, paper=paper, claim=claim, model=model, run=run, split=split,
         metric=metric, value=interval.value, ci_low=interval.low, ci_high=interval.high,
-        ci_kind=interval.kind, n=interval.n, criterion=criterion, verdict="not measurable",
+        ci_kind=interval.kind, n=interval.n, criterion=criterion, verdict="descriptive",
         reason=reason, figure=figure)
 
 

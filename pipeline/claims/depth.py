@@ -6,6 +6,7 @@ from the stage's per-prompt tables. One record per claim and lens (``<id>.<lens>
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -157,33 +158,38 @@ def function_words_claim(c: Ctx, lens: str) -> ClaimRecord:
     st = c.stage.get(("pos", lens), {})
     m = st.get("measured", {})
     means, ns = _as_num(m.get("mean_earliest_layer", {})), _as_num(m.get("n_correct", {}))
-    ok = [t for t in means if ns.get(t, 0) >= c.min_n]
     kw: dict[str, Any] = dict(claim_id="depth.function_words", lens=lens,
                               claim="function words are decided earliest",
                               criterion=Greater(0.0), fig="pos_earliest_layer")
+    cls = m.get("word_class", {})
+
+    def sides(least: int) -> tuple[list[Any], list[Any]]:
+        ok = [t for t in means if ns.get(t, 0) >= least]
+        if c.builtin:
+            return (["digit"] if "digit" in ok else [],
+                    [t for t in ("operator", "bracket") if t in ok])
+        return ([t for t in ok if cls.get(t) == "content"],
+                [t for t in ok if cls.get(t) == "function"])
+
+    hi, lo = sides(c.min_n)
+    if not (hi and lo):  # a side short of min_n: measured anyway, then inconclusive
+        hi, lo = sides(1)
     if c.builtin:
-        hi, lo = ["digit"], [t for t in ("operator", "bracket") if t in ok]
         table, cluster, grp = c.table("token_classes"), "prompt", "token_class"
         kw.update(claim="function-like tokens (operators, brackets) are decided before "
                         "digits (builtin-text analog of function words)",
                   metric="mean earliest layer of digits − max of operators / brackets",
                   fig="token_classes")
-        ok_hi = "digit" in ok
     else:
-        cls = m.get("word_class", {})
-        hi = [t for t in ok if cls.get(t) == "content"]
-        lo = [t for t in ok if cls.get(t) == "function"]
         table, cluster, grp = c.table("pos"), "passage", "upos"
         kw["metric"] = "min mean earliest layer of content tags − max of function tags"
-        ok_hi = bool(hi)
-    if table is None or not lo or not ok_hi:
+    if table is None or not lo or not hi:
         return c.record(iv=None, value=math.nan, reason=st.get("criterion", "not measured")
-                        if table is None else f"too few prompts (< {c.min_n}) per group",
-                        **kw)
+                        if table is None else "no correct prompt on one side", **kw)
     value = min(means[t] for t in hi) - max(means[t] for t in lo)
     groups, units = group_units(_used(table[table.lens == lens]), cluster, grp, "earliest_k1")
     iv = bootstrap_ci(units, _gap(groups, hi, lo))
-    return c.record(iv=iv, value=value, **kw)
+    return below_min_n(c.record(iv=iv, value=value, **kw), ns, [*hi, *lo], c.min_n)
 
 
 def facts_claim(c: Ctx, lens: str) -> ClaimRecord:
@@ -193,21 +199,40 @@ def facts_claim(c: Ctx, lens: str) -> ClaimRecord:
     m = st.get("measured", {})
     means, ns = _as_num(m.get("mean_earliest_layer", {})), _as_num(m.get("n_correct", {}))
     others = [j for j in means if j != 1 and ns.get(j, 0) >= c.min_n]
+    if ns.get(1, 0) < c.min_n or not others:  # decided below: inconclusive, n_needed
+        others = [j for j in means if j != 1 and ns.get(j, 0) >= 1]
     kw: dict[str, Any] = dict(
         claim_id="depth.fact_first_token", lens=lens,
         claim="the first answer token of a fact needs the most depth",
         metric="mean earliest layer at answer position 1 − max at positions 2..3",
         criterion=Greater(0.0), fig="facts_earliest_layer")
     table = c.table("facts")
-    if c.builtin or table is None or ns.get(1, 0) < c.min_n or not others:
+    if c.builtin or table is None or ns.get(1, 0) < 1 or not others:
         why = ("not measurable on builtin-task text" if c.builtin
                else "no facts table (case study not run)" if table is None
-               else f"too few correct prompts (< {c.min_n})")
+               else "no correct prompt at answer position 1 or at a later one")
         return c.record(iv=None, value=math.nan, reason=why, **kw)
     value = means[1] - max(means[j] for j in others)
     groups, units = group_units(_used(table[table.lens == lens]), "fact_id", "answer_token",
                                 "earliest_k1")
-    return c.record(iv=bootstrap_ci(units, _gap(groups, [1], others)), value=value, **kw)
+    rec = c.record(iv=bootstrap_ci(units, _gap(groups, [1], others)), value=value, **kw)
+    return below_min_n(rec, ns, [1, *others], c.min_n)
+
+
+def below_min_n(rec: ClaimRecord, ns: Mapping[Any, int], groups: Sequence[Any],
+                min_n: int) -> ClaimRecord:
+    """A record computed with a group of fewer than ``min_n`` prompts is ``inconclusive``
+    (§9.8), whatever its interval says; ``n_needed`` scales the sample so that the
+    smallest group used reaches ``min_n`` (at least the §9.4 value when there is one)."""
+    small = {g: int(ns.get(g, 0)) for g in groups if int(ns.get(g, 0)) < min_n}
+    if not small or rec.verdict == "not measurable":
+        return rec
+    least = max(1, min(small.values()))
+    need = math.ceil(rec.n * min_n / least)
+    return dataclasses.replace(
+        rec, verdict="inconclusive", n_needed=max(need, rec.n_needed or 0, rec.n + 1),
+        reason=join(rec.reason, "fewer than min_n = " + str(min_n) + " correct prompts in "
+                    + ", ".join(f"{g} ({n})" for g, n in small.items())))
 
 
 def mcq_claims(c: Ctx, lens: str) -> list[ClaimRecord]:

@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-VERDICTS = ("holds", "fails", "inconclusive", "not measurable")
+VERDICTS = ("holds", "fails", "inconclusive", "not measurable", "descriptive")
+SOURCES = ("paper", "extension")
+FAMILIES = ("", "qwen", "llama", "other")
 CI_KINDS = ("bootstrap", "t")
 KEY = ("claim_id", "model", "run", "split")  # one record per claim, model, run and split
 
@@ -43,6 +45,10 @@ class ClaimRecord:
     n_needed: int | None = None
     figure: str | None = None
     boundary: float = math.nan  # the criterion's boundary nearest the value (for figures)
+    paper_ref: str = ""  # where the paper states it: figure, table or section
+    paper_value: str = ""  # the paper's own number for it, as text ("" when none)
+    source: str = "paper"  # "paper": the paper's statistic; "extension": the project's
+    family: str = ""  # model family the claim was tested under (internal policies)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -51,6 +57,10 @@ class ClaimRecord:
             raise ValueError(f"ci_kind must be one of {CI_KINDS}, got {self.ci_kind!r}")
         if not self.claim_id or any(c.isspace() for c in self.claim_id):
             raise ValueError(f"claim_id must be a non-empty token, got {self.claim_id!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if self.n < 0:
             raise ValueError(f"n must be ≥ 0, got {self.n}")
         if self.n_needed is not None and self.verdict != "inconclusive":
@@ -124,7 +134,8 @@ def write_claims(records: Sequence[ClaimRecord], out_csv: str | Path,
 
 
 _TEXT = ("claim_id", "paper", "claim", "model", "run", "split", "metric", "ci_kind",
-         "criterion", "verdict", "reason", "figure")
+         "criterion", "verdict", "reason", "figure", "paper_ref", "paper_value", "source",
+         "family")
 
 
 def read_claims(path: str | Path) -> list[ClaimRecord]:
@@ -146,6 +157,9 @@ def read_claims(path: str | Path) -> list[ClaimRecord]:
             "n_needed": None if _missing(row["n_needed"]) else int(row["n_needed"]),
             "figure": None if _missing(row["figure"]) else str(row["figure"]),
             "boundary": float(row.get("boundary", math.nan)),
+            **{k: "" if _missing(row.get(k)) else str(row[k])
+               for k in ("paper_ref", "paper_value", "family")},
+            "source": "paper" if _missing(row.get("source")) else str(row["source"]),
         }))
     return out
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from pipeline.claims.record import ClaimRecord  # noqa: E402
 
 COLORS = {"holds": "#1a7f37", "fails": "#cf222e", "inconclusive": "#bf8700",
-          "not measurable": "#6e7781"}
+          "not measurable": "#6e7781", "descriptive": "#0969da"}
 
 
 def _row_scale(r: ClaimRecord) -> tuple[float, float]:
@@ -64,7 +64,7 @@ def forest_figure(records: Sequence[ClaimRecord]) -> Figure:
     handles = [plt.Line2D([], [], color=c, marker="o", lw=2.5, label=v)
                for v, c in COLORS.items()]
     handles.append(plt.Line2D([], [], color="black", lw=1, label="criterion boundary"))
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.subplots_adjust(left=0.4, right=0.72, bottom=0.06, top=0.96, hspace=0.5)
     return fig
 
@@ -73,35 +73,53 @@ def _num(x: float) -> str:
     return "—" if not math.isfinite(x) else f"{x:.4g}"
 
 
+def _rows(records: Sequence[ClaimRecord], figure_prefix: str) -> list[str]:
+    out = ["<table><tr><th>verdict</th><th>paper</th><th>claim</th><th>model / run</th>"
+           "<th>family</th><th>split</th><th>metric</th><th>value</th><th>95% CI</th>"
+           "<th>paper's value</th><th>n</th><th>criterion</th><th>note</th>"
+           "<th>figure</th></tr>"]
+    for r in records:
+        badge = f"<span class='b' style='background:{COLORS[r.verdict]}'>{r.verdict}</span>"
+        needed = f" (needs {r.n_needed})" if r.n_needed else ""
+        fig = (f"<a class='f' href='{html.escape(figure_prefix + r.figure)}'>"
+               f"{html.escape(r.figure)}</a>" if r.figure else "")
+        paper = html.escape(r.paper) + (f"<br><span class='f'>{html.escape(r.paper_ref)}"
+                                         "</span>" if r.paper_ref else "")
+        cells = [badge, paper, html.escape(r.claim), html.escape(r.run),
+                 html.escape(r.family), html.escape(r.split), html.escape(r.metric),
+                 _num(r.value), f"[{_num(r.ci_low)}, {_num(r.ci_high)}] {r.ci_kind}",
+                 html.escape(r.paper_value) or "—", f"{r.n}{needed}",
+                 html.escape(r.criterion), html.escape(r.reason), fig]
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return out
+
+
 def claims_html(records: Sequence[ClaimRecord], *, figure_prefix: str = "../") -> str:
-    """An HTML page: one row per record with a verdict badge, the value and its interval,
-    n (and n needed for inconclusive ones), the reason and the figure that shows the claim:
-    a link to ``figure_prefix`` + its path (relative to the experiment root, so the links
-    work from ``claims/claims.html``), labelled with that path. Figures are not embedded: the
+    """An HTML page (§9.10): the paper's claims, then the project's extensions in a
+    section of their own; one row per record with a verdict badge, the value and its
+    interval next to the paper's value, n (and n needed for inconclusive ones), the
+    family it was tested under, the reason and the figure that shows the claim: a link to
+    ``figure_prefix`` + its path (relative to the experiment root, so the links work from
+    ``claims/claims.html``), labelled with that path. Figures are not embedded: the
     Snakemake report shows an HTML result as a data-URI iframe, which Chromium refuses above
     2 MB; there the path is what the report's search box finds."""
     counts = {v: sum(r.verdict == v for r in records) for v in COLORS}
     head = " · ".join(f"{v}: {n}" for v, n in counts.items())
+    paper = [r for r in records if r.source == "paper"]
+    ext = [r for r in records if r.source != "paper"]
     out = ["<!doctype html><html><head><meta charset='utf-8'><title>Claims</title>",
            "<style>body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
            "td,th{border-bottom:1px solid #d0d7de;padding:3px 6px;text-align:left}"
            ".b{color:white;border-radius:8px;padding:1px 7px;font-size:11px;"
            "white-space:nowrap}.f{font-size:11px}</style>",
            f"</head><body><h1>Claims</h1><p>{len(records)} records — {html.escape(head)}</p>",
-           "<p>Definitions: docs/methods.md §9. A figure link opens the file next to this "
-           "page (results/&lt;experiment&gt;/); in the HTML report, search for its path.</p>",
-           "<table><tr><th>verdict</th><th>paper</th><th>claim</th><th>model / run</th>"
-           "<th>split</th><th>metric</th><th>value</th><th>95% CI</th><th>n</th>"
-           "<th>criterion</th><th>note</th><th>figure</th></tr>"]
-    for r in records:
-        badge = f"<span class='b' style='background:{COLORS[r.verdict]}'>{r.verdict}</span>"
-        needed = f" (needs {r.n_needed})" if r.n_needed else ""
-        fig = (f"<a class='f' href='{html.escape(figure_prefix + r.figure)}'>"
-               f"{html.escape(r.figure)}</a>" if r.figure else "")
-        cells = [badge, html.escape(r.paper), html.escape(r.claim),
-                 html.escape(r.run), html.escape(r.split), html.escape(r.metric),
-                 _num(r.value), f"[{_num(r.ci_low)}, {_num(r.ci_high)}] {r.ci_kind}",
-                 f"{r.n}{needed}", html.escape(r.criterion), html.escape(r.reason), fig]
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    out.append("</table></body></html>")
+           "<p>Definitions and the claim registry: docs/methods.md §9. A figure link opens "
+           "the file next to this page (results/&lt;experiment&gt;/); in the HTML report, "
+           "search for its path.</p>",
+           f"<h2>The papers' claims ({len(paper)})</h2>"]
+    out += _rows(paper, figure_prefix)
+    out.append(f"<h2>Extensions: statistics the project adds ({len(ext)})</h2>")
+    out += _rows(ext, figure_prefix)
+    out.append("</body></html>")
     return "\n".join(out)

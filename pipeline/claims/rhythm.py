@@ -24,13 +24,13 @@ from pipeline.claims.common import (
     with_value,
 )
 from pipeline.claims.record import ClaimRecord
+from pipeline.claims.rhythm_table2 import table2_claims
 from pipeline.claims.stats import bootstrap_ci
 from pipeline.claims.verdict import Greater, make_record
 
 STABLE = 0.5  # mean Jaccard overlap with the other responses' consensus groups
-NO_DIRECTION = ("the paper reports no direction for the shift of mean WAAD / FAI after "
-                "RL (it uses the rhythm for credit, not as an RL outcome); value and "
-                "interval are the measured shift")
+NO_DIRECTION = ("descriptive: the paper predicts no shift of mean WAAD / FAI after RL (it "
+                "uses the rhythm for credit, not as an RL outcome)")
 
 
 def _record(run: str, split: str, **kw) -> ClaimRecord:
@@ -48,45 +48,66 @@ def _head_sets(heads: pd.DataFrame, group: str) -> tuple[list[frozenset], int]:
     return sets, max((len(s) for s in sets), default=0)
 
 
-def _jaccard(a: frozenset, b: frozenset) -> float:
-    u = len(a | b)
-    return len(a & b) / u if u else math.nan
+def head_matrix(sets: list[frozenset]) -> np.ndarray:
+    """Responses × heads membership matrix (heads in ascending (layer, head) order)."""
+    heads = sorted(set().union(*sets)) if sets else []
+    col = {h: j for j, h in enumerate(heads)}
+    m = np.zeros((len(sets), len(heads)), dtype=bool)
+    for r, s in enumerate(sets):
+        m[r, [col[h] for h in s]] = True
+    return m
 
 
-def consensus_overlap(sets: list[frozenset], size: int) -> np.ndarray:
-    """Per response r, the Jaccard overlap of its head set with the leave-one-out
-    consensus: the ``size`` heads most often in the group among the other responses
-    (ties → the lower (layer, head))."""
-    out = np.full(len(sets), np.nan)
-    for r, own in enumerate(sets):
-        counts: dict[tuple, int] = {}
-        for j, s in enumerate(sets):
-            if j != r:
-                for h in s:
-                    counts[h] = counts.get(h, 0) + 1
-        ranked = sorted(counts, key=lambda h: (-counts[h], h))[:size]
-        if ranked:
-            out[r] = _jaccard(own, frozenset(ranked))
+def consensus_overlap(member: np.ndarray, size: int, idx: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """Per response r of the (re)sample ``idx`` (rows of ``member``, default all), the
+    Jaccard overlap of its head set with the consensus of the *other* responses of the
+    sample: the ``size`` heads in the group most often among them (ties → the lower
+    (layer, head)); every copy of response r is left out, so a resample with repeats does
+    not compare a response with itself."""
+    idx = np.arange(len(member)) if idx is None else np.asarray(idx)
+    m = member[idx].astype(np.int64)
+    if m.shape[1] == 0 or len(idx) < 2:
+        return np.full(len(idx), np.nan)
+    copies = np.bincount(idx, minlength=len(member))[idx]
+    others = m.sum(0)[None, :] - copies[:, None] * m  # [n, heads]
+    order = np.argsort(-others, axis=1, kind="stable")[:, :size]
+    cons = np.zeros(m.shape, dtype=bool)
+    np.put_along_axis(cons, order, np.take_along_axis(others, order, axis=1) > 0, axis=1)
+    own = m.astype(bool)
+    union = (own | cons).sum(1)
+    inter = (own & cons).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    out[(others > 0).sum(1) == 0] = np.nan  # no other response in the sample
     return out
 
 
 def head_stability_claim(heads: pd.DataFrame, *, run: str, split: str = "responses",
                          fig: str | None = None) -> ClaimRecord:
-    """``rhythm.head_groups_stable`` (§9.5): per response, the mean of the local and the
+    """``rhythm.head_groups_stable`` (§9.7): per response, the mean of the local and the
     global group's Jaccard overlap with the leave-one-out consensus groups; mean over
-    responses > 0.5, bootstrap over responses."""
+    responses > 0.5. Interval: cluster bootstrap over responses that recomputes the
+    consensus inside every resample (the leave-one-out values share responses, so
+    resampling them as independent units would make the interval too narrow)."""
     loc, n_loc = _head_sets(heads, "local")
     glob, n_glob = _head_sets(heads, "global")
-    vals = None
-    if len(loc) >= 2:
-        vals = (consensus_overlap(loc, n_loc) + consensus_overlap(glob, n_glob)) / 2
-    return _record(
-        run, split, claim_id="rhythm.head_groups_stable",
-        claim="the local/global head split is stable across samples",
-        metric="mean over responses of the Jaccard overlap of its local and global head "
-               "groups with the other responses' consensus groups",
-        criterion=Greater(STABLE, f"> {STABLE:g} (groups mostly shared)"), values=vals,
-        reason="" if vals is not None else "fewer than 2 responses", figure=fig)
+    kw = dict(claim_id="rhythm.head_groups_stable",
+              claim="the local/global head split is stable across samples",
+              metric="mean over responses of the Jaccard overlap of its local and global head "
+                     "groups with the other responses' consensus groups",
+              criterion=Greater(STABLE, f"> {STABLE:g} (groups mostly shared)"), figure=fig)
+    if len(loc) < 2:
+        return _record(run, split, values=None, reason="fewer than 2 responses", **kw)
+    ml, mg = head_matrix(loc), head_matrix(glob)
+
+    def stat(idx: np.ndarray) -> float:
+        v = (consensus_overlap(ml, n_loc, idx) + consensus_overlap(mg, n_glob, idx)) / 2
+        return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+
+    iv = bootstrap_ci(np.arange(len(loc)), stat)
+    return _record(run, split, interval=iv, reason="cluster bootstrap over responses "
+                   "(consensus recomputed per resample)", **kw)
 
 
 def _per_response(tokens: pd.DataFrame, flag: str, col: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +181,7 @@ def shift_claims(trained: pd.DataFrame, base: pd.DataFrame, *, run: str,
                  split: str = "responses", fig: str | None = None) -> list[ClaimRecord]:
     """``rhythm.rl_waad_shift``, ``rhythm.rl_fai_shift`` (§9.5): mean per-response WAAD /
     FAI of the trained run minus the base model's, two-sample bootstrap over responses.
-    ``not measurable`` (the paper reports no direction), value and interval kept."""
+    ``descriptive`` (the paper predicts no direction), value and interval kept."""
     out = []
     for col in ("waad", "fai"):
         a = trained.groupby("sample")[col].mean().dropna().to_numpy(dtype=float)
@@ -168,10 +189,10 @@ def shift_claims(trained: pd.DataFrame, base: pd.DataFrame, *, run: str,
         iv = two_sample_ci(a, b, lambda x, y: float(np.mean(x) - np.mean(y)))
         out.append(unjudged(
             claim_id=f"rhythm.rl_{col}_shift", paper=PAPER_RHYTHM,
-            claim=f"after RL, mean {col.upper()} shifts in the direction the paper reports",
+            claim=f"mean {col.upper()} after RL − before (measured shift, no prediction)",
             model=paths.parse_run(run)[0], run=run, split=split,
             metric=f"mean per-response {col.upper()}: trained − base",
-            interval=iv, criterion="none (no direction reported)",
+            interval=iv, criterion="none (descriptive)",
             reason=NO_DIRECTION + "; two-sample bootstrap over responses", figure=fig))
     return out
 
@@ -198,6 +219,8 @@ def attention_claims(root: str | Path, run: str) -> list[ClaimRecord]:
     trace = figure(root, f"{figs}/trace.png")
     out += entropy_claims(tokens, summary, run=run, fig=trace)
     out.append(follows_claim(tokens, summary, run=run, fig=trace))
+    k = int(summary.get("params", {}).get("k", 3))
+    out += table2_claims(tokens, run=run, model=paths.parse_run(run)[0], k=k, fig=trace)
     model = paths.parse_run(run)[0]
     if paths.is_trained(run):
         _, base = _load(root, model)

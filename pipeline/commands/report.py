@@ -60,6 +60,8 @@ def compare(ns: argparse.Namespace) -> None:
     arg("--root", required=True, help="results/<experiment> directory the DAG wrote"),
     arg("--models", nargs="*", default=[], help="base models whose stage outputs to read"),
     arg("--runs", nargs="*", default=[], help="trained runs <model>/<method>/seed<s>"),
+    arg("--families", nargs="*", default=[],
+        help="model=qwen|llama|other overrides of the claims family ('-' = none)"),
     arg("--out-csv", required=True),
     arg("--out-parquet", required=True),
     arg("--out-figure", required=True),
@@ -72,14 +74,17 @@ def claims(ns: argparse.Namespace) -> None:
     MLflow artifact and each record's value a ``claim.<id>/<run>`` metric of the parent run."""
     import math
 
-    from pipeline.claims import write_claims
-    from pipeline.claims.collect import collect
+    from pipeline.claims import VERDICTS, write_claims
+    from pipeline.claims.collect import collect, parse_families
+    from pipeline.claims.registry import annotate
     from pipeline.claims.report import claims_html, forest_figure
     from pipeline.claims.rl import rl_claims
     from pipeline.tracking import job_run
 
     with job_run(job_of(ns)) as run:
-        records = collect(ns.root, models=ns.models, runs=ns.runs) + rl_claims(ns.root)
+        families = parse_families(ns.families)
+        records = annotate(collect(ns.root, models=ns.models, runs=ns.runs,
+                                   families=families) + rl_claims(ns.root))
         if not records:
             raise ValueError(f"claims: no stage output under {ns.root} yields a claim")
         fig = forest_figure(records)
@@ -93,7 +98,7 @@ def claims(ns: argparse.Namespace) -> None:
         metrics = {f"claim.{r.claim_id}/{r.run}": r.value for r in records
                    if math.isfinite(r.value)}
         counts = {f"claims.{v.replace(' ', '_')}": sum(r.verdict == v for r in records)
-                  for v in ("holds", "fails", "inconclusive", "not measurable")}
+                  for v in VERDICTS}
         run.metrics({**metrics, **counts})
         run.parent().metrics({**metrics, **counts})
         run.parent().artifact(ns.out_csv, "claims")

@@ -23,6 +23,7 @@ rule claims:
         root=lambda wc, output: paths.claims_root(output.csv),
         models=ANALYSIS_MODELS,
         runs=pw.claims_runs(config),
+        families=pw.claims_families(config),
         job=C.job,
     threads: C.threads
     resources:
@@ -33,5 +34,6 @@ rule claims:
         C.conda
     shell:
         "python -m pipeline claims --root {params.root} --models {params.models} --runs {params.runs}"
+        " --families {params.families}"
         " --out-csv {output.csv} --out-parquet {output.parquet} --out-figure {output.figure}"
         " --out-html {output.html} --job {params.job:q} > {log} 2>&1"

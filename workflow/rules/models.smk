@@ -8,7 +8,7 @@ rule provision:
         model=directory(paths.model_dir(R)),
         summary=paths.provision_summary(R),
     params:
-        spec=lambda wc: pw.spec(config["models"][wc.model]),
+        spec=lambda wc: pw.spec(pw.provision_spec(config["models"][wc.model])),
         data=lambda wc, input: f"--data {input.data}" if input.data else "",
         job=C.job,
     threads: C.threads
