@@ -51,18 +51,38 @@ def _count(frac, n):
     return 0 if n == 0 else min(n, max(1, math.floor(frac * n + 0.5)))
 
 
-def naive_rhythm(model, ids, am, rm, layers, *, window, h_lo, h_hi, head_frac, top_frac, k=3):
+def _kurtosis(xs):
+    """Pearson kurtosis m4 / m2² with population moments; NaN below 4 values or constant."""
+    n = len(xs)
+    if n < 4 or max(xs) == min(xs):
+        return math.nan
+    mu = sum(xs) / n
+    m2 = sum((x - mu) ** 2 for x in xs) / n
+    m4 = sum((x - mu) ** 4 for x in xs) / n
+    return m4 / (m2 * m2)
+
+
+def naive_rhythm(model, ids, am, rm, layers, *, window, h_lo, h_hi, head_frac, top_frac, k=3,
+                 group_scope="pooled"):
     """Brute force from the definitions, one sequence at a time (python loops)."""
     maps = [a.tolist() for a in _eager_attn(model, ids, am, layers)]
     b_n, t_n = ids.shape
     n_heads = len(maps[0][0])
     out = {
-        n: [] for n in ("d", "loc", "glob", "waad", "fai", "delta", "pre", "anc", "dom", "intro")
+        n: []
+        for n in ("d", "loc", "glob", "waad", "fai", "delta", "pre", "anc", "dom", "intro",
+                  "recv", "fai_recv", "kurt")
     }
     for b in range(b_n):
         real = [t for t in range(t_n) if am[b, t]]
         rank = {t: i for i, t in enumerate(real)}  # unpadded positions
         resp = [t for t in range(t_n) if rm[b, t]]
+        if not resp:  # no response rows: no heads, NaN everywhere
+            for key in out:
+                out[key].append([] if key in ("loc", "glob", "recv", "pre", "anc", "dom")
+                                else {})
+            out["d"][-1] = [[math.nan] * n_heads for _ in layers]
+            continue
         d = [
             [
                 sum(
@@ -75,9 +95,13 @@ def naive_rhythm(model, ids, am, rm, layers, *, window, h_lo, h_hi, head_frac, t
             for li in range(len(layers))
         ]
         heads = [(li, h) for li in range(len(layers)) for h in range(n_heads)]
-        n = _count(head_frac, len(heads))
-        loc = sorted(heads, key=lambda x: (d[x[0]][x[1]], heads.index(x)))[:n]
-        glob = sorted(heads, key=lambda x: (-d[x[0]][x[1]], heads.index(x)))[:n]
+        pools = ([heads] if group_scope == "pooled" else
+                 [[(li, h) for h in range(n_heads)] for li in range(len(layers))])
+        loc, glob = [], []
+        for pool in pools:
+            n = _count(head_frac, len(pool))
+            loc += sorted(pool, key=lambda x: (d[x[0]][x[1]], heads.index(x)))[:n]
+            glob += sorted(pool, key=lambda x: (-d[x[0]][x[1]], heads.index(x)))[:n]
 
         def mean_map(group, t, s, b=b):
             return sum(maps[li][b][h][t][s] for li, h in group) / len(group)
@@ -90,6 +114,25 @@ def naive_rhythm(model, ids, am, rm, layers, *, window, h_lo, h_hi, head_frac, t
         for s in resp:
             ts = [t for t in resp if rank[s] + h_lo <= rank[t] <= min(len(real), rank[s] + h_hi)]
             fai[s] = sum(mean_map(glob, t, s) for t in ts) / len(ts) if ts else 0.0
+        # receiver heads: per-head FAI f_h[s] over the tokens with a non-empty T(s), the
+        # kurtosis of each head's f_h, the top heads by kurtosis (NaN last), their mean f_h
+        windows = {
+            s: [t for t in resp if rank[s] + h_lo <= rank[t] <= min(len(real), rank[s] + h_hi)]
+            for s in resp
+        }
+        f = {
+            (li, h): {s: sum(maps[li][b][h][t][s] for t in ts) / len(ts)
+                      for s, ts in windows.items() if ts}
+            for li, h in heads
+        }
+        kurt = {x: _kurtosis(list(f[x].values())) for x in heads}
+        recv = []
+        for pool in pools:
+            n = _count(head_frac, len(pool))
+            recv += sorted(pool, key=lambda x: (math.inf if math.isnan(kurt[x]) else -kurt[x],
+                                                heads.index(x)))[:n]
+        fai_recv = {s: sum(f[x][s] for x in recv) / len(recv) if windows[s] else 0.0
+                    for s in resp}
         delta = {t: abs(waad[t] - waad[t + 1]) if t + 1 in waad else 0.0 for t in resp}
         m = _count(top_frac, len(resp))
         pre = sorted(resp, key=lambda t: (-delta[t], t))[:m]
@@ -112,6 +155,9 @@ def naive_rhythm(model, ids, am, rm, layers, *, window, h_lo, h_hi, head_frac, t
             ("anc", anc),
             ("dom", dom),
             ("intro", intro),
+            ("recv", recv),
+            ("fai_recv", fai_recv),
+            ("kurt", kurt),
         ):
             out[key].append(val)
     return out
@@ -136,14 +182,16 @@ def assert_matches_naive(r: Rhythm, ref, t_n: int, n_heads: int) -> None:
         torch.testing.assert_close(
             r.head_distance[b].double(), torch.tensor(ref["d"][b], dtype=torch.float64), **close
         )
-        for name, key in (("local_heads", "loc"), ("global_heads", "glob")):
+        for name, key in (("local_heads", "loc"), ("global_heads", "glob"),
+                          ("receiver_heads", "recv")):
             expect = torch.zeros(len(r.layers), n_heads, dtype=torch.bool)
             for li, h in ref[key][b]:
                 expect[li, h] = True
             assert torch.equal(getattr(r, name)[b], expect), name
-        for name in ("waad", "fai", "delta"):
+        for name, key in (("waad", "waad"), ("fai", "fai"), ("delta", "delta"),
+                          ("fai_receiver", "fai_recv")):
             torch.testing.assert_close(
-                getattr(r, name)[b].double(), _dense(ref[name][b], t_n), **close
+                getattr(r, name)[b].double(), _dense(ref[key][b], t_n), **close
             )
         for name, key in (("preplan", "pre"), ("anchor", "anc"), ("dominated", "dom")):
             assert torch.equal(getattr(r, name)[b], _mask(ref[key][b], t_n)), name
@@ -266,6 +314,48 @@ def test_rhythm_matches_naive_gqa_variants_and_defaults(other_model, pad):
     defaults = dict(window=10, h_lo=10, h_hi=100, head_frac=0.3, top_frac=0.4)
     ref = naive_rhythm(other_model, ids, am, rm, list(r.layers), **defaults)
     assert_matches_naive(r, ref, ids.shape[1], other_model.config.num_attention_heads)
+
+
+@pytest.mark.parametrize("scope", ["pooled", "per_layer"])
+@pytest.mark.parametrize("pad", ["left", "right"])
+def test_receiver_heads_match_naive(tiny_model, pad, scope):
+    """Receiver heads (top kurtosis of the per-head FAI) and their FAI against the brute
+    force, both group scopes, with a sequence that has no response rows."""
+    ids, am, rm = _batch(pad, tiny_model.config.vocab_size, seed=7)
+    rm[1] = 0  # no response: no heads, NaN
+    kw = dict(SMALL, head_frac=0.25)
+    r = rhythm(tiny_model, ids, rm, am, layers=[0, 1], group_scope=scope, chunk_size=6, **kw)
+    ref = naive_rhythm(tiny_model, ids, am, rm, [0, 1], group_scope=scope, **kw)
+    assert_matches_naive(r, ref, ids.shape[1], tiny_model.config.num_attention_heads)
+    assert not r.receiver_heads[1].any() and r.fai_receiver[1].isnan().all()
+    assert r.fai_receiver.dtype == torch.float32
+    n = 2 if scope == "pooled" else 1  # round(0.25·8) pooled, round(0.25·4) per layer
+    assert (r.receiver_heads[[0, 2]].sum((-1, -2)) == n * (1 if scope == "pooled" else 2)).all()
+    outside = ~rm.bool()
+    assert r.fai_receiver[outside].isnan().all()
+    # not the global heads in disguise: the kurtosis ranking picks other heads somewhere
+    assert not torch.equal(r.receiver_heads, r.global_heads)
+    kurt = [v for b in (0, 2) for v in ref["kurt"][b].values()]
+    assert all(v >= 1 for v in kurt)  # none NaN here; m4/m2² ≥ 1 (Pearson, not excess)
+
+
+def test_receiver_scores_by_hand():
+    """Kurtosis of known samples; NaN below 4 tokens with a non-empty T(s), and for a
+    constant f_h."""
+    from pipeline.attention.rhythm import receiver_scores
+
+    rm = torch.zeros(2, 9, dtype=torch.bool)
+    rm[0, :] = True  # h_lo=h_hi=5: T(s) = {s+5}, non-empty for s = 0..3 (4 tokens)
+    rm[1, 4:] = True  # s = 4..8: s+5 > 8, every T(s) is empty
+    per_head = torch.zeros(2, 1, 3, 9)
+    per_head[0, 0, 0, :4] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # Bernoulli(1/4): 7/3
+    per_head[0, 0, 1, :4] = torch.tensor([1.0, -1.0, 1.0, -1.0])  # symmetric ±1: 1
+    per_head[0, 0, 2, :4] = 0.3  # constant: NaN
+    per_head[0, 0, 2, 4:] = 5.0  # outside the counted tokens: ignored
+    k = receiver_scores(per_head, rm, 5, 5)
+    assert k.dtype == torch.float64 and k.shape == (2, 1, 3)
+    assert k[0, 0, 0].item() == pytest.approx(7 / 3) and k[0, 0, 1].item() == pytest.approx(1)
+    assert k[0, 0, 2].isnan() and k[1].isnan().all()
 
 
 @pytest.mark.parametrize("arch", ["mistral-sliding", "qwen2-bias"])

@@ -59,6 +59,13 @@ def test_tables_match_direct_rhythm(tiny_model, char_tokenizer):
                **RHYTHM_KW)
     n_l, n_h = r.head_distance.shape[1:]
     assert len(heads) == len(LENS) * n_l * n_h
+    assert list(tokens.columns) == [
+        "model", "sample", "position", "token_id", "token", "waad", "fai", "fai_receiver",
+        "delta", "preplan", "anchor", "dominated", "intro", "intro_of", "entropy",
+        "entropy_next"]
+    assert list(heads.columns) == ["model", "sample", "layer", "head", "distance", "group",
+                                   "receiver"]
+    assert tokens["fai_receiver"].dtype == np.float64 and heads["receiver"].dtype == bool
     for i, (p, n) in enumerate(LENS):
         df = tokens[tokens["sample"] == i]
         assert (df["model"] == "m").all()
@@ -66,7 +73,7 @@ def test_tables_match_direct_rhythm(tiny_model, char_tokenizer):
         assert df["token_id"].tolist() == table["response_ids"][i]
         assert df["token"].tolist() == [char_tokenizer.decode([x]) for x in df["token_id"]]
         sl = slice(p, p + n)
-        for name in ("waad", "fai", "delta"):
+        for name in ("waad", "fai", "fai_receiver", "delta"):
             np.testing.assert_allclose(df[name].to_numpy(), getattr(r, name)[i, sl].numpy(),
                                        atol=1e-6, rtol=0)
         for name in ("preplan", "anchor", "dominated", "intro"):
@@ -82,8 +89,10 @@ def test_tables_match_direct_rhythm(tiny_model, char_tokenizer):
         expect = ["local" if a else "global" if g else "middle"
                   for a, g in zip(loc.tolist(), glob.tolist(), strict=True)]
         assert h["group"].tolist() == expect
+        assert h["receiver"].tolist() == r.receiver_heads[i].reshape(-1).tolist()
         n_group = math.floor(0.3 * n_l * n_h + 0.5)
         assert (h["group"] == "local").sum() == n_group == (h["group"] == "global").sum()
+        assert h["receiver"].sum() == n_group
 
 
 def test_entropy_matches_naive_softmax(tiny_model, char_tokenizer):

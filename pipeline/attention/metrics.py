@@ -19,6 +19,11 @@ Either way ``Ā_loc`` / ``Ā_glob`` is the plain mean of the maps of all selecte
 (with ``"per_layer"`` equal to the mean over layers of per-layer group means). Group size
 ``round(head_frac · n)`` (half up, at least 1). The token-level choices (token sets,
 ``fai_empty``, Δ, dominated anchors) are listed in :mod:`pipeline.attention.rhythm`.
+
+Receiver heads (docs/methods.md §3.13, after the Thought Anchors paper): the group of the
+same size and ``group_scope`` with the largest receiver score (kurtosis of the head's
+per-token FAI, :func:`pipeline.attention.rhythm.receiver_scores`); ``fai_receiver`` is the
+FAI of that group (arXiv:2510.13554 Table 2 compares its peaks with the global heads').
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pipeline.attention.capture import DEFAULT_ATTN_PATTERN, run_capture, slidin
 from pipeline.attention.head_stats import DEFAULT_CHUNK_BYTES, HeadStats, head_stats
 from pipeline.attention.rhythm import delta as token_delta
 from pipeline.attention.rhythm import fai as token_fai
-from pipeline.attention.rhythm import token_classes, top_count
+from pipeline.attention.rhythm import receiver_scores, token_classes, top_count
 from pipeline.attention.rhythm import waad as token_waad
 
 GROUP_SCOPES = ("pooled", "per_layer")
@@ -59,6 +64,10 @@ class Rhythm:
     response_mask: Tensor  # bool [B, T]: the rows R the metrics were computed on
     top_frac: float
     params: dict[str, Any] = field(default_factory=dict)
+    # appended with defaults so that hand-made Rhythms (token-only RL controls) still build;
+    # rhythm() always fills them
+    receiver_heads: Tensor | None = None  # bool [B, n_layers, H]: top receiver score
+    fai_receiver: Tensor | None = None  # [B, T]: FAI of the receiver heads
 
 
 def check_masks(input_ids: Tensor, response_mask: Tensor, attention_mask: Tensor) -> None:
@@ -95,6 +104,22 @@ def _groups(d: Tensor, frac: float, scope: str, valid: Tensor) -> tuple[Tensor, 
             loc[i, j, up] = True
             glob[i, j, down] = True
     return loc.reshape(b, n_layers, h), glob.reshape(b, n_layers, h)
+
+
+def _receivers(score: Tensor, frac: float, scope: str, valid: Tensor) -> Tensor:
+    """Top ``frac`` heads by receiver score (NaN last, ties → lower index), per sequence
+    (and per layer if asked), as :func:`_groups`."""
+    b, n_layers, h = score.shape
+    flat = score.reshape(b, 1, n_layers * h) if scope == "pooled" else score
+    flat = torch.where(flat.isnan(), -torch.inf, flat)
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    n = top_count(frac, flat.shape[-1])
+    for i in range(b):
+        if not valid[i]:
+            continue
+        for j in range(flat.shape[1]):
+            out[i, j, torch.sort(flat[i, j], descending=True, stable=True).indices[:n]] = True
+    return out.reshape(b, n_layers, h)
 
 
 def rhythm(
@@ -159,8 +184,11 @@ def rhythm(
     local, glob = _groups(d, head_frac, group_scope, valid)
 
     waad = token_waad(torch.stack([stats[i].waad for i in chosen], 1), local, rm)
-    fai = token_fai(torch.stack([stats[i].fai_sum for i in chosen], 1), glob, rm, h_lo, h_hi,
-                    fai_empty)
+    fai_sum = torch.stack([stats[i].fai_sum for i in chosen], 1)
+    fai = token_fai(fai_sum, glob, rm, h_lo, h_hi, fai_empty)
+    receiver = _receivers(receiver_scores(fai_sum, rm, h_lo, h_hi), head_frac, group_scope,
+                          valid)
+    fai_receiver = token_fai(fai_sum, receiver, rm, h_lo, h_hi, fai_empty)
     delta = token_delta(waad, rm)
     classes = token_classes(waad, fai, delta, rm, top_frac=top_frac, k=k, tau_waad=tau_waad,
                             tau_delta=tau_delta)
@@ -192,4 +220,6 @@ def rhythm(
         response_mask=rm,
         top_frac=top_frac,
         params=params,
+        receiver_heads=receiver,
+        fai_receiver=fai_receiver,
     )

@@ -22,6 +22,10 @@ Choices on the (open) points:
   Δ over the response (``torch.quantile(·, 0.5)``, mean of the two middles); the window
   ``[t−k, t−1]`` only counts response tokens; an anchor with no such token is not
   dominated. ``intro(t)`` = argmax of Δ there, ties → the earliest ``u``.
+- Receiver score of a head (:func:`receiver_scores`): the Pearson kurtosis ``m4 / m2²``
+  (population moments, not excess) of its per-head FAI ``f_h[s]`` over the response
+  tokens with a non-empty ``T(s)``; NaN (ranked last) with fewer than 4 such tokens or
+  when ``f_h`` is constant there.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "fai",
     "fai_counts",
     "group_mean",
+    "receiver_scores",
     "token_classes",
     "top_count",
     "top_mask",
@@ -110,6 +115,29 @@ def fai(per_head_sum: Tensor, glob: Tensor, rm: Tensor, h_lo: int, h_hi: int,
     num = group_mean(per_head_sum, glob)
     out = torch.where(count > 0, num / count.clamp(min=1), torch.full_like(nan, fai_empty))
     return torch.where(rm, out, nan)
+
+
+def receiver_scores(per_head_sum: Tensor, rm: Tensor, h_lo: int, h_hi: int) -> Tensor:
+    """Receiver score of every head, fp64 ``[B, nL, H]``: the kurtosis ``m4 / m2²``
+    (population central moments, Pearson, not excess) of the per-head FAI
+    ``f_h[s] = fai_sum_h[s] / |T(s)|`` (per-head sums ``[B, nL, H, T]``) over the response
+    tokens s with ``|T(s)| > 0``. NaN when there are fewer than 4 such tokens or ``f_h`` is
+    constant over them (zero variance, tested exactly as max = min)."""
+    b_n, n_layers, n_heads, _ = per_head_sum.shape
+    count = fai_counts(rm, h_lo, h_hi)
+    out = torch.full((b_n, n_layers, n_heads), math.nan, dtype=torch.float64,
+                     device=per_head_sum.device)
+    for b in range(b_n):  # one sequence at a time: fp64 temporaries stay [nL, H, |S|]
+        pos = (rm[b] & (count[b] > 0)).nonzero().flatten()
+        if pos.numel() < 4:
+            continue
+        f = per_head_sum[b][..., pos].double() / count[b, pos].double()
+        dev = f - f.mean(-1, keepdim=True)
+        m2 = dev.square().mean(-1)
+        m4 = dev.square().square().mean(-1)
+        varies = f.amax(-1) > f.amin(-1)
+        out[b] = torch.where(varies, m4 / torch.where(varies, m2, 1.0).square(), math.nan)
+    return out
 
 
 def delta(waad: Tensor, rm: Tensor) -> Tensor:

@@ -5,11 +5,13 @@ Tables (one model per call of :func:`analyse_responses`):
 
 - ``tokens_df``, one row per response token: model, sample (0-based row of the responses
   table), position (0-based index within the response), token_id, token (decoded text),
-  waad, fai, delta, preplan, anchor, dominated, intro, intro_of (response position of the
-  introductory token of a dominated anchor, −1 elsewhere), entropy, entropy_next.
+  waad, fai, fai_receiver (FAI of the receiver heads, docs/methods.md §3.13), delta,
+  preplan, anchor, dominated, intro, intro_of (response position of the introductory
+  token of a dominated anchor, −1 elsewhere), entropy, entropy_next.
 - ``heads_df``, one row per (sample, chosen layer, query head): model, sample, layer
   (0-based block), head, distance (``d^(l,h)`` of that response), group (``local``,
-  ``global``, ``middle``; ``both`` only when the groups overlap, i.e. < 2 heads per group).
+  ``global``, ``middle``; ``both`` only when the groups overlap, i.e. < 2 heads per group),
+  receiver (bool: a receiver head of that response, §3.13; independent of ``group``).
 
 Alignment: every metric of token ``t`` is that of attention row ``t`` (the row whose
 *input* is the token, the literal reading of docs/methods.md §3, as :class:`Rhythm`).
@@ -167,8 +169,8 @@ def analyse_responses(
             ent, ent_next = token_entropies(model, ids, am, rm)
         layers = r.layers
         fields = {name: getattr(r, name).cpu() for name in
-                  ("waad", "fai", "delta", "preplan", "anchor", "dominated", "intro",
-                   "intro_of")}
+                  ("waad", "fai", "fai_receiver", "delta", "preplan", "anchor", "dominated",
+                   "intro", "intro_of", "receiver_heads")}
         dist = r.head_distance.cpu().numpy()
         n_l, n_h = dist.shape[1:]
         for bi, sample in enumerate(idx):
@@ -179,7 +181,7 @@ def analyse_responses(
             cols: dict[str, Any] = {
                 "model": model_name, "sample": int(sample), "position": np.arange(n),
                 "token_id": resp_ids, "token": [text(x) for x in resp_ids]}
-            for name in ("waad", "fai", "delta"):
+            for name in ("waad", "fai", "fai_receiver", "delta"):
                 cols[name] = fields[name][bi, sl].double().numpy()
             for name in ("preplan", "anchor", "dominated", "intro"):
                 cols[name] = fields[name][bi, sl].numpy().astype(bool)
@@ -191,7 +193,8 @@ def analyse_responses(
                 "model": model_name, "sample": int(sample),
                 "layer": np.repeat(np.array(layers), n_h), "head": np.tile(np.arange(n_h), n_l),
                 "distance": dist[bi].reshape(-1).astype(float),
-                "group": _group_labels(r, bi).reshape(-1)}))
+                "group": _group_labels(r, bi).reshape(-1),
+                "receiver": fields["receiver_heads"][bi].reshape(-1).numpy().astype(bool)}))
     tokens_df = (pd.concat(tok_parts, ignore_index=True) if tok_parts else
                  pd.DataFrame(columns=["model", "sample", "position"]))
     heads_df = (pd.concat(head_parts, ignore_index=True) if head_parts else
