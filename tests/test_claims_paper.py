@@ -330,3 +330,12 @@ def test_below_min_n_is_inconclusive_with_n_needed(tmp_path: Path) -> None:
                if r.claim_id == "depth.function_words.logit")
     assert rec.verdict == "inconclusive" and math.isfinite(rec.value)
     assert rec.n_needed == math.ceil(rec.n * 100 / 40) and "min_n = 100" in rec.reason
+
+
+def test_mlflow_metric_keys_are_unique_per_split() -> None:
+    from pipeline.commands.report import metric_key
+    tok = with_receiver(tokens_table(4, 30, gap=0.2, sd=0.2, follow="after"))
+    recs = table2_claims(tok, run="m", model="m")
+    keys = [metric_key(r, recs) for r in recs]
+    assert len(set(keys)) == len(recs)
+    assert "claim.rhythm.fai_follows_waad/m/responses peaks: top10" in keys

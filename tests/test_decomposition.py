@@ -366,3 +366,112 @@ def test_within_token_budget_keeps_leading_responses() -> None:
     assert within_token_budget(table, None) is table
     with pytest.raises(ValueError, match="max_response_tokens"):
         within_token_budget(table, 0)
+
+
+@torch.no_grad()
+def rms_weights_random(model: nn.Module, seed: int = 3) -> None:
+    """Non-uniform RMSNorm weights: with the default ones a norm only rescales each row,
+    so a cosine could not tell the raw h[L] from norm_f(h[L])."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 1.8 + 0.2)
+
+
+@torch.no_grad()
+def naive_cos_final(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """cos(h[l], h[L]) [L+1, T] for one unpadded sequence by per-token loops: h[0]..h[L−1]
+    from HF's ``output_hidden_states``, the raw h[L] (HF's last entry is post-norm) from a
+    forward hook on the last decoder layer's output."""
+    got: dict[str, torch.Tensor] = {}
+    handle = model.model.layers[-1].register_forward_hook(
+        lambda _m, _a, out: got.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        hs = model(input_ids=ids[None], output_hidden_states=True).hidden_states
+    finally:
+        handle.remove()
+    top = got["h"][0].double()
+    torch.testing.assert_close(model.model.norm(got["h"]), hs[-1], **TOL)
+    states = [h[0].double() for h in hs[:-1]] + [top]
+    out = torch.empty(len(states), len(ids))
+    for layer, h in enumerate(states):
+        for t in range(len(ids)):
+            a, b = h[t], top[t]
+            out[layer, t] = float(a @ b / (a.norm() * b.norm()))
+    return out
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_cos_final_matches_naive_loops(arch: str, side: str) -> None:
+    """``cos_final`` = cos(h[l], h[L]) with the raw h[L] (BuPO Fig. 5), l = 0..L, NaN
+    outside the mask; the same under both conventions and with a token mask."""
+    model = make_model(arch, layers=4, tie=arch == "qwen3", bias=arch == "llama")
+    rms_weights_random(model)
+    seqs = seqs_for(300)
+    ids, mask = pad(seqs, side)
+    n_layers = len(model.model.layers)
+    raw = internal_entropies(model, ids, mask)
+    lens = internal_entropies(model, ids, mask, apply_final_norm=True)
+    cos = raw["cos_final"]
+    assert cos.shape == (3, n_layers + 1, ids.shape[1]) and cos.dtype == torch.float32
+    assert torch.equal(torch.isnan(cos), (mask == 0)[:, None].expand_as(cos))
+    torch.testing.assert_close(lens["cos_final"], cos, equal_nan=True, **TOL)
+    for b, s in enumerate(seqs):
+        got = cos[b][:, mask[b].bool()]
+        torch.testing.assert_close(got, naive_cos_final(model, s), **TOL)
+        torch.testing.assert_close(got[n_layers], torch.ones(len(s)), **TOL)
+        # the raw h[L], not HF's post-norm last hidden state (a non-uniform norm weight
+        # turns the direction)
+        hs = model(input_ids=s[None], output_hidden_states=True).hidden_states
+        post = torch.stack([nn.functional.cosine_similarity(h[0], hs[-1][0], dim=-1)
+                            for h in hs[:-1]])
+        assert not torch.allclose(got[:n_layers], post, atol=1e-2)
+    real = cos[:, :n_layers][~torch.isnan(cos[:, :n_layers])]
+    assert real.abs().max() < 0.999 and real.std() > 0.05  # not trivially 1
+    sel = mask.bool() & (torch.arange(ids.shape[1]) % 2 == 0)
+    part = internal_entropies(model, ids, mask, token_mask=sel)["cos_final"]
+    picked = sel[:, None].expand_as(part)
+    assert torch.equal(~torch.isnan(part), picked)
+    torch.testing.assert_close(part[picked], cos[picked], **TOL)
+
+
+def test_stage_tables_carry_layer_cos() -> None:
+    """decompose_responses: module ``layer`` quantity ``cos`` at layers 0..L (per sample:
+    the mean of cos(h[l], h[L]) over response tokens), next to the layer entropies (0..L)
+    and ΔH (1..L); per_layer gets the token-weighted means."""
+    import pandas as pd
+
+    from pipeline.decomposition.stage import decompose_responses
+
+    model = make_model("qwen3", layers=3)
+    rms_weights_random(model)
+    n_layers = 3
+    seqs = seqs_for(300)
+    table = pd.DataFrame({"prompt_ids": [s[:2].tolist() for s in seqs],
+                          "response_ids": [s[2:].tolist() for s in seqs]})
+    tidy, summary = decompose_responses(model, table, 0, model_name="m", batch_size=2,
+                                        progress=False)
+    lay = tidy[tidy.module == "layer"]
+    for conv in ("raw", "final_norm"):
+        got = {q: sorted(set(lay[(lay.convention == conv) & (lay.quantity == q)].layer))
+               for q in ("entropy", "cos", "delta")}
+        assert got == {"entropy": list(range(n_layers + 1)), "cos": list(range(n_layers + 1)),
+                       "delta": list(range(1, n_layers + 1))}
+    cos = lay[(lay.quantity == "cos") & (lay.convention == "raw")]
+    for i, s in enumerate(seqs):
+        want = naive_cos_final(model, s)[:, 2:].mean(-1)  # response tokens only
+        mine = cos[cos["sample"] == i].sort_values("layer")
+        torch.testing.assert_close(torch.tensor(mine.value.to_numpy(), dtype=torch.float32),
+                                   want, **TOL)
+        assert (mine.tokens == len(s) - 2).all()
+    per = pd.DataFrame(summary["per_layer"])
+    pc = per[(per.module == "layer") & (per.quantity == "cos") & (per.convention == "raw")]
+    assert sorted(pc.layer) == list(range(n_layers + 1))
+    assert abs(float(pc[pc.layer == n_layers]["mean"].iloc[0]) - 1) < 1e-5
+    n_tok = sum(len(s) - 2 for s in seqs)
+    want = sum(naive_cos_final(model, s)[:, 2:].sum(-1) for s in seqs) / n_tok
+    torch.testing.assert_close(torch.tensor(pc.sort_values("layer")["mean"].to_numpy(),
+                                            dtype=torch.float32), want, **TOL)
+    pd_ = per[(per.module == "layer") & (per.quantity == "delta")]
+    assert sorted(set(pd_.layer)) == list(range(1, n_layers + 1))

@@ -566,6 +566,7 @@ def test_option_ranks_match_reference(arch, char_tokenizer):
     n_layers = model.config.num_hidden_layers
     for use_lens in (None, lens):
         res = option_ranks(model, ids, mask, opts, lens=use_lens)
+        res_emb = option_ranks(model, ids, mask, opts, lens=use_lens, include_embedding=True)
         for i, s in enumerate(enc):
             hs, logits = ref_hidden(model, torch.tensor(s))
             choice = int(logits[opts].argmax())
@@ -584,19 +585,25 @@ def test_option_ranks_match_reference(arch, char_tokenizer):
             assert res["dominate"][i].tolist() == dom
             assert res["choice_top1"][i].tolist() == top
             assert res["choice_settled"][i].tolist() == settled
-            first = lambda xs: next((j for j, x in enumerate(xs) if x), -1)  # noqa: E731
-            assert int(res["dominate_layer"][i]) == first(dom)
-            assert int(res["choice_top1_layer"][i]) == first(top)
-            assert int(res["choice_settled_layer"][i]) == first(settled)
-            stays = lambda xs: next((j for j in range(len(xs)) if all(xs[j:])), -1)  # noqa: E731
-            assert int(res["dominate_layer_stays"][i]) == stays(dom)
-            assert int(res["choice_top1_layer_stays"][i]) == stays(top)
-            assert int(res["choice_settled_layer_stays"][i]) == stays(settled)
+            # first layers over h[1]..h[L] (docs/methods.md §4.4), h[0]..h[L] with emb
+            for r, lo in ((res, 1), (res_emb, 0)):
+                first = lambda xs, lo=lo: next(  # noqa: E731
+                    (j for j, x in enumerate(xs) if x and j >= lo), -1)
+                stays = lambda xs, lo=lo: next(  # noqa: E731
+                    (j for j in range(lo, len(xs)) if all(xs[j:])), -1)
+                assert int(r["dominate_layer"][i]) == first(dom)
+                assert int(r["choice_top1_layer"][i]) == first(top)
+                assert int(r["choice_settled_layer"][i]) == first(settled)
+                assert int(r["dominate_layer_stays"][i]) == stays(dom)
+                assert int(r["choice_top1_layer_stays"][i]) == stays(top)
+                assert int(r["choice_settled_layer_stays"][i]) == stays(settled)
     assert res["dominate"].any() and not res["dominate"].all()
-    many = predict_options(model, char_tokenizer, prompts, opts, batch_size=2)
-    single = option_ranks(model, ids, mask, opts)
-    for k, v in single.items():
-        assert (many[k] == v.numpy()).all(), k
+    for emb in (False, True):
+        many = predict_options(model, char_tokenizer, prompts, opts, batch_size=2,
+                               include_embedding=emb)
+        single = option_ranks(model, ids, mask, opts, include_embedding=emb)
+        for k, v in single.items():
+            assert (many[k] == v.numpy()).all(), k
 
 
 def test_pos_prompts():

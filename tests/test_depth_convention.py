@@ -50,3 +50,81 @@ def test_curve_means_follow_the_convention():
     old = decision_depth_curve(RANKS, [10.0], include_embedding=True)
     assert old[old.variant == "first"].iloc[0].mean_layer == np.mean([0, 2, 0])
     assert first.num_layers == 4 and first.mean_layer_rel == first.mean_layer / 4
+
+
+# --- multiple-choice option flags (docs/methods.md §4.6 case study iii) ----------------------
+# One prompt, L = 4, K = 4 options, the model's choice = option 0. Every flag (options
+# dominate / the choice is top-1 / the choice is settled among the options) holds at h[0],
+# fails at h[1] and holds from h[2] on.
+_PATTERN = [True, False, True, True, True]
+
+
+def _option_table() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n_cols, k = len(_PATTERN), 4
+    logits = torch.zeros(1, n_cols, k)
+    ranks = torch.zeros(1, n_cols, k, dtype=torch.long)
+    for layer, ok in enumerate(_PATTERN):
+        # the choice (0) above the others where the flag holds, below option 1 where not
+        logits[0, layer] = torch.tensor([5.0, 4.0, 3.0, 2.0] if ok else [4.0, 5.0, 3.0, 2.0])
+        ranks[0, layer] = torch.tensor([1, 2, 3, 4] if ok else [2, 1, 3, 4])
+    dominate = torch.tensor([_PATTERN])
+    return ranks, logits, dominate, torch.tensor([0])
+
+
+def test_option_flags_follow_the_convention():
+    from pipeline.depth.ranks import OPTION_FLAGS, option_flags
+
+    ranks, logits, dominate, choice = _option_table()
+    default = option_flags(ranks, logits, dominate, choice)
+    with_emb = option_flags(ranks, logits, dominate, choice, include_embedding=True)
+    for out in (default, with_emb):  # the per-layer flags themselves cover h[0]..h[L]
+        assert out["choice_top1"][0].tolist() == _PATTERN
+        assert out["choice_settled"][0].tolist() == _PATTERN
+    for flag in OPTION_FLAGS:
+        assert default[f"{flag}_layer"].tolist() == [2], flag
+        assert default[f"{flag}_layer_stays"].tolist() == [2], flag
+        assert with_emb[f"{flag}_layer"].tolist() == [0], flag
+        assert with_emb[f"{flag}_layer_stays"].tolist() == [2], flag
+
+
+def test_mcq_study_passes_the_spec_convention(monkeypatch):
+    """mcq_study hands ``decision_depth.include_embedding`` to the option flags; the
+    per-layer fractions (mcq_layers) do not depend on it."""
+    import pipeline.data
+    from pipeline.depth import case_studies
+    from pipeline.depth.ranks import option_flags
+
+    items = [{"id": str(i), "question": f"q{i}", "choices": ["a", "b", "c", "d"],
+              "answer": "A"} for i in range(3)]
+    monkeypatch.setattr(pipeline.data, "load_source", lambda *a, **kw: items)
+    monkeypatch.setattr(case_studies, "option_token_ids", lambda tok, letters: [1, 2, 3, 4])
+
+    def fake_predictions(model, tok, prompts, lenses, *, option_ids, include_embedding,
+                         **kw):
+        ranks, logits, dominate, choice = (x.repeat(len(prompts), *[1] * (x.dim() - 1))
+                                           for x in _option_table())
+        flags = option_flags(ranks, logits, dominate, choice,
+                             include_embedding=include_embedding)
+        return {name: {"option_ranks": ranks.numpy(), "dominate": dominate.numpy(),
+                       "choice": choice.numpy(), **{k: v.numpy() for k, v in flags.items()}}
+                for name in lenses}
+
+    monkeypatch.setattr(case_studies, "multi_lens_predictions", fake_predictions)
+
+    class Tok:
+        def __call__(self, text):
+            return type("Enc", (), {"input_ids": list(range(len(text)))})()
+
+    def run(emb):
+        spec = {"mcq": {"shots": 0, "n_problems": 3, "max_chars": None, "seed": 0},
+                "batch_size": 2, "decision_depth": {"include_embedding": emb}}
+        return case_studies.mcq_study(None, Tok(), spec, {"logit": None}, cache_dir=None,
+                                      progress=False)[0]
+
+    default, with_emb = run(False), run(True)
+    for flag in ("dominate", "choice_top1", "choice_settled"):
+        assert (default["mcq"][f"{flag}_layer"] == 2).all()
+        assert (with_emb["mcq"][f"{flag}_layer"] == 0).all()
+        assert (with_emb["mcq"][f"{flag}_layer_stays"] == 2).all()
+    assert default["mcq_layers"].equals(with_emb["mcq_layers"])
+    assert default["mcq_layers"].frac_dominate.tolist() == [float(x) for x in _PATTERN]

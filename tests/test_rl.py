@@ -199,6 +199,50 @@ def test_policy_stats_match_naive(tiny_model):
     assert not torch.allclose(out.hidden_states[-1], raw["L"], atol=1e-3)  # HF's is post-norm
 
 
+@pytest.mark.parametrize("layer", [1, 2])
+def test_policy_stats_entropy_km1_matches_naive(tiny_model, layer):
+    """H(π^{k−1}) = the full-softmax entropy of lm_head(h[k−1]) with h[k−1] =
+    ``hidden_states[k−1]`` (h[0], the embedding output, for k = 1), with π^k's norm and
+    temperature; ΔH^k = H(π^k) − H(π^{k−1})."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # larger weights: entropies far from uniform and from each other
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    ids, am, rm = _batch(4)
+    out = _naive_hidden(model, ids, am)
+    layout = find_layout(model)
+    assert layer - 1 < len(layout.blocks)  # hidden_states[k−1] is the raw h[k−1]
+    m = rm[:, 1:]
+    for final_norm, temp in ((False, 1.0), (True, 0.7)):
+        def naive(h, final_norm=final_norm, temp=temp):
+            x = layout.final_norm(h) if final_norm else h
+            z = x.double() @ layout.lm_head.weight.double().T / temp
+            p = torch.softmax(z, -1)[:, :-1]
+            return -(p * torch.log(p)).sum(-1).float()
+
+        kw = dict(layer=layer, apply_final_norm=final_norm, temperature=temp)
+        st = policy_stats(model, ids, am, rm, internal=True, delta_k=True, **kw)
+        want = naive(out.hidden_states[layer - 1])
+        torch.testing.assert_close(st.entropy_km1[m], want[m], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(st.entropy_k[m], naive(out.hidden_states[layer])[m]
+                                   if layer < len(layout.blocks) else st.entropy_k[m])
+        assert (st.entropy_km1[~m] == 0).all()
+        assert not torch.allclose(st.entropy_km1[m], st.entropy_k[m], atol=1e-3)
+        # alone (the forward stops after block k) and next to every other statistic
+        alone = policy_stats(model, ids, am, rm, final=False, delta_k=True, **kw)
+        assert alone.entropy_k is None and alone.logp is None
+        every = policy_stats(model, ids, am, rm, internal=True, cosine_kL=True,
+                             delta_k=True, **kw)
+        for got in (alone, every):
+            torch.testing.assert_close(got.entropy_km1, st.entropy_km1)
+    assert policy_stats(model, ids, am, rm, layer=1).entropy_km1 is None
+    with pytest.raises(ValueError, match="delta_k"):
+        policy_stats(model, ids, am, rm, delta_k=True)
+
+
 def _untied(arch: str, char_tokenizer, layers: int = 3):
     spec = {**TINY, "arch": arch, "num_layers": layers, "tie_word_embeddings": False}
     return build_model(spec, char_tokenizer, seed=0).eval()

@@ -62,6 +62,42 @@ def test_each_method_runs(method, char_tokenizer, tmp_path):
     assert (tmp_path / "history.json").exists()
 
 
+def test_bupo_history_carries_delta_k_and_layer_k(char_tokenizer, tmp_path):
+    """A 2-step BuPO run logs ΔH^k = mean H(π^k) − mean H(π^{k−1}) and k on the
+    diagnostic steps (step 1 and every diag_every), and training.csv picks them up."""
+    import json
+
+    from pipeline.comparison.tables import load_histories
+
+    k = 2
+    model = _model(char_tokenizer)
+    with torch.no_grad():  # the tiny init gives uniform internal policies (ΔH^k = 0 exactly)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    hist = train(model, char_tokenizer, PROBLEMS, toy_reward,
+                 _cfg(method="bupo", steps=2, s_inter=1, bupo_layer=k, diag_every=2),
+                 prompt_fn=prompt_fn, out_dir=tmp_path, save_model=False)
+    assert [h["phase"] for h in hist] == ["ipa", "grpo"]
+    for h in hist:
+        assert h["layer_k"] == k
+        assert math.isfinite(h["delta_k"]) and h["delta_k"] != 0
+        assert math.isfinite(h["entropy_k"]) and -1 <= h["cos_kL"] <= 1
+    grpo = train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward,
+                 _cfg(method="grpo", steps=1), prompt_fn=prompt_fn,
+                 out_dir=tmp_path / "grpo", save_model=False)
+    assert "delta_k" not in grpo[0] and "layer_k" not in grpo[0]
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps(hist + [{"step": 3, "delta_k": math.nan, "layer_k": k}]))
+    tr = load_histories([{"path": str(path), "model": "m", "method": "bupo", "seed": 0}])
+    for metric in ("delta_k", "layer_k", "cos_kL", "entropy_k"):
+        got = tr[tr.metric == metric].set_index("step")["value"]
+        want = {h["step"]: h[metric] for h in hist}
+        if metric == "layer_k":
+            want[3] = k  # the NaN delta_k of step 3 gives no row
+        assert got.to_dict() == pytest.approx(want), metric
+
+
 def test_bupo_one_optimizer_through_the_switch(char_tokenizer, tmp_path):
     model = _model(char_tokenizer)
     cfg = _cfg(method="bupo", steps=4, s_inter=3, updates_per_batch=1)

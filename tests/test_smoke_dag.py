@@ -89,7 +89,16 @@ def test_outputs(smoke_run):
     assert all(c.verdict in VERDICTS and c.n >= 0 for c in claims)
     assert len(read_claims(root / "claims" / "claims.parquet")) == len(claims)
     page = (root / "claims" / "claims.html").read_text()
-    assert page.count("<tr>") == len(claims) + 1
+    assert page.count("<tr>") == len(claims) + 2  # a header row per section
+    from pipeline.claims.registry import spec_of
+    assert all(spec_of(c.claim_id).source == c.source and c.paper_ref for c in claims)
+    ids = {c.claim_id for c in claims}
+    assert {"rhythm.waad_peak_entropy", "rhythm.receiver_global_cooccur",
+            "rhythm.fai_follows_waad", "rl.bupo.ipa_entropy_k_rises.bupo",
+            "rl.bupo.feature_refinement.bupo"} <= ids
+    assert not any(i.startswith("rl.bupo.ipa_lowers") for i in ids)
+    fams = {c.run: c.family for c in claims if c.claim_id == "bupo.entropy_drop"}
+    assert fams["qwen3-smoke"] == "qwen" and fams["llama-smoke"] == "llama"
     # every figure a record names exists, and the page links it relative to itself
     figs = {c.figure for c in claims if c.figure}
     assert figs and all((root / f).is_file() for f in figs)

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.commands.common import (
     JOB,
@@ -68,6 +71,15 @@ def compare(ns: argparse.Namespace) -> None:
     arg("--out-html", required=True),
     JOB,
 )
+def metric_key(rec: Any, records: Sequence[Any]) -> str:
+    """``claim.<id>/<run>``, plus ``/<split>`` (MLflow's name characters only) when another
+    record has the same id and run (e.g. the Table 2 statistics under other peak rules)."""
+    key = f"claim.{rec.claim_id}/{rec.run}"
+    if sum(r.claim_id == rec.claim_id and r.run == rec.run for r in records) > 1:
+        key += "/" + re.sub(r"[^\w.\- /:]", "", rec.split)
+    return key
+
+
 def claims(ns: argparse.Namespace) -> None:
     """Every paper claim as a verdict with an interval (docs/methods.md §9): one table from
     the stage and comparison outputs, a forest figure and an HTML page; the table is an
@@ -95,7 +107,7 @@ def claims(ns: argparse.Namespace) -> None:
         run.figure(fig, Path(ns.out_figure).name)
         run.artifact(ns.out_csv, "tables")
         run.artifact(ns.out_html)
-        metrics = {f"claim.{r.claim_id}/{r.run}": r.value for r in records
+        metrics = {metric_key(r, records): r.value for r in records
                    if math.isfinite(r.value)}
         counts = {f"claims.{v.replace(' ', '_')}": sum(r.verdict == v for r in records)
                   for v in VERDICTS}

@@ -128,14 +128,18 @@ def load_evaluations(entries: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, p
 
 
 def load_histories(entries: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """Training histories as a tidy table: model, method, seed, step, metric, value."""
+    """Training histories as a tidy table: model, method, seed, step, metric, value.
+    Steps where a metric was not computed (None / NaN, e.g. the BuPO diagnostics
+    ``cos_kL`` and ``delta_k`` outside the ``diag_every`` steps) give no row."""
     from pipeline import io
 
     rows = []
     for e in entries:
         for rec in io.read_json(e["path"]):
-            for metric, _ in TRAINING_METRICS + (("accuracy", ""), ("entropy_k", "")):
-                if metric in rec and rec[metric] is not None:
+            for metric, _ in TRAINING_METRICS + (("accuracy", ""), ("entropy_k", ""),
+                                                 ("cos_kL", ""), ("delta_k", ""),
+                                                 ("layer_k", "")):
+                if rec.get(metric) is not None and math.isfinite(float(rec[metric])):
                     rows.append({"model": e["model"], "method": e["method"],
                                  "seed": int(e["seed"]), "step": int(rec["step"]),
                                  "phase": rec.get("phase"), "metric": metric,

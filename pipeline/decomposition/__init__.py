@@ -4,8 +4,8 @@ Public API::
 
     internal_entropies(model, input_ids, attention_mask=None, *, apply_final_norm=False,
                        chunk_tokens=None) -> dict[str, Tensor]
-        # "layer" [B, L+1, T]; "attn", "ffn", "attn_in", "ffn_in", "cos_attn", "cos_ffn"
-        # [B, L, T]; nats, float32, NaN at padding
+        # "layer", "cos_final" = cos(h[l], h[L]) [B, L+1, T]; "attn", "ffn", "attn_in",
+        # "ffn_in", "cos_attn", "cos_ffn" [B, L, T]; nats, float32, NaN at padding
     entropy_changes(ents) -> {"layer", "attn", "ffn"}: ΔH [B, L, T]
     aggregate(values [B, L, T], mask [B, T]) -> (token_mean [L], per_sample_mean [B, L])
     boundary_layer(delta_ffn [L], *, tol=0.05, relative=True, fallback=None) -> int (1-based)

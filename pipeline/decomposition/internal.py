@@ -4,7 +4,8 @@ One no-grad forward through the model-access runner (:func:`pipeline.model_acces
 reading every block's residual input/output and its attention/MLP inputs and residual
 contributions. Each read is gathered at the non-padding positions and reduced to
 entropies at once (:meth:`pipeline.model_access.Unembed.entropy`), so padding costs
-nothing and no [layers, tokens, vocab] tensor exists.
+nothing and no [layers, tokens, vocab] tensor exists. A plain forward before it keeps the
+gathered rows of the raw h[L] ([tokens, d]) for ``cos(h[l], h[L])``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def internal_entropies(
       the post-attention / post-feedforward norm outputs, i.e. what is added to the residual;
     - ``"attn_in"``, ``"ffn_in"`` [B, L, T]: H of the modules' actual (normed) inputs,
       input_layernorm(h[l−1]) and post_attention_layernorm(h[l−1] + A^l);
-    - ``"cos_attn"`` = cos(A^l, h[l−1]), ``"cos_ffn"`` = cos(F^l, h[l−1] + A^l) [B, L, T].
+    - ``"cos_attn"`` = cos(A^l, h[l−1]), ``"cos_ffn"`` = cos(F^l, h[l−1] + A^l) [B, L, T];
+    - ``"cos_final"`` [B, L+1, T]: cos(h[l], h[L]) for l = 0..L with the raw h[L] (before
+      the final norm, so column L is 1; BuPO Fig. 5 "feature refinement"); it does not
+      depend on ``apply_final_norm``. Costs one extra plain forward (no unembedding).
 
     ``apply_final_norm=True`` projects every quantity as softmax(W_U norm_f(x)) (logit
     lens). The ``lm_head`` bias and a ``config.final_logit_softcapping`` are included.
@@ -82,7 +86,8 @@ def internal_entropies(
     flat_idx = keep.reshape(-1).nonzero().squeeze(1)
     n_real = flat_idx.numel()
     dev = project.device
-    vals = {"layer": torch.full((n_layers + 1, n_real), torch.nan, device=dev)}
+    vals = {key: torch.full((n_layers + 1, n_real), torch.nan, device=dev)
+            for key in ("layer", "cos_final")}
     vals.update({k: torch.full((n_layers, n_real), torch.nan, device=dev) for k in MODULE_KEYS})
     filled: set[tuple[str, int]] = set()
     state: dict[str, Tensor] = {}
@@ -97,17 +102,27 @@ def internal_entropies(
         vals[key][row] = value.to(dev)
         filled.add((key, row))
 
+    def keep_top(h: Tensor) -> None:  # the raw h[L], gathered rows only [n_real, d]
+        state["h_top"] = gather(h)
+
+    def cos_top(row: int, x: Tensor) -> None:
+        put("cos_final", row, cosine(x, state["h_top"].to(x.device)))
+
     def resid_pre(i: int) -> Callable[[Tensor], None]:
         def read(h: Tensor) -> None:
             state["h_in"] = gather(h)
             if i == 0:
                 put("layer", 0, project(state["h_in"]))
+                cos_top(0, state["h_in"])
         return read
 
     def resid_post(i: int) -> Callable[[Tensor], None]:
         def read(h: Tensor) -> None:
-            put("layer", i + 1, project(gather(h)))
-            state.clear()
+            x = gather(h)
+            put("layer", i + 1, project(x))
+            cos_top(i + 1, x)
+            state.pop("h_in", None)
+            state.pop("mid", None)
         return read
 
     def module_in(key: str, i: int) -> Callable[[Tensor], None]:
@@ -139,10 +154,12 @@ def internal_entropies(
         reads[Point("resid_post", i)] = resid_post(i)
     try:
         with eval_mode(model):
+            run(model, input_ids, mask, read={Point("resid_post", n_layers - 1): keep_top},
+                layout=layout)
             run(model, input_ids, mask, read=reads, layout=layout)
     finally:
         project.release()
-    expected = {("layer", r) for r in range(n_layers + 1)}
+    expected = {(k, r) for k in ("layer", "cos_final") for r in range(n_layers + 1)}
     expected |= {(k, r) for k in MODULE_KEYS for r in range(n_layers)}
     if missing := sorted(expected - filled):
         raise RuntimeError(f"hooks did not fire for {missing[:5]} (unusual decoder layout?)")

@@ -4,8 +4,10 @@ sampled responses, aggregated per layer and module, the boundary layer, and figu
 Tidy table columns: model, sample, convention (``raw`` = no final norm, the paper's
 choice; ``final_norm`` = logit-lens style), module (``layer``, ``attn``, ``ffn``,
 ``attn_in``, ``ffn_in``), quantity (``entropy``, ``delta``, ``cos``), layer (0..L for
-``layer`` entropies, 1..L otherwise; 1-based block index), value (mean over the sample's
-response tokens), tokens (how many).
+``layer`` entropies and ``layer`` cos = cos(h[l], h[L]), 1..L otherwise; 1-based block
+index), value (mean over the sample's response tokens), tokens (how many). ``attn`` /
+``ffn`` cos are cos(A^l, h[l−1]) / cos(F^l, h[l−1] + A^l); ``layer`` delta is
+H(h[l]) − H(h[l−1]) at l = 1..L.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ def _series(ents: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor
         out[(k, "delta")] = v
     out[("attn", "cos")] = ents["cos_attn"]
     out[("ffn", "cos")] = ents["cos_ffn"]
+    out[("layer", "cos")] = ents["cos_final"]  # [B, L+1, T]: cos(h[l], h[L]), l = 0..L
     return out
+
+
+def _first_layer(module: str, quantity: str) -> int:
+    """The layer number of a series' first column: h[0] for the [B, L+1, T] ``layer``
+    series (entropy, cos), block 1 otherwise (ΔH of ``layer`` is [B, L, T])."""
+    return 0 if module == "layer" and quantity != "delta" else 1
 
 
 def within_token_budget(table: pd.DataFrame, max_tokens: int | None) -> pd.DataFrame:
@@ -88,7 +97,7 @@ def decompose_responses(
                 key = (conv, module, quantity)
                 sums[key] = sums[key] + tok_sum.sum(0).numpy()
                 counts[key] = counts[key] + tok_n.sum(0).numpy()
-                first = 0 if module == "layer" and quantity == "entropy" else 1
+                first = _first_layer(module, quantity)
                 per_sample = (tok_sum / tok_n.clamp(min=1)).numpy()
                 for bi, sample in enumerate(sub.index):
                     for li in range(v.shape[1]):
@@ -110,7 +119,7 @@ def summarize(tidy: pd.DataFrame, sums: dict, counts: dict) -> dict[str, Any]:
         mean = s / np.maximum(counts[(conv, module, quantity)], 1)
         sel = tidy[(tidy.convention == conv) & (tidy.module == module)
                    & (tidy.quantity == quantity)]
-        first = 0 if module == "layer" and quantity == "entropy" else 1
+        first = _first_layer(module, quantity)
         for li, m in enumerate(mean):
             vals = sel[sel.layer == li + first]["value"].dropna().to_numpy()
             _, lo, hi = mean_ci(vals) if len(vals) else (np.nan, np.nan, np.nan)

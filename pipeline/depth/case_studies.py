@@ -10,7 +10,8 @@ Tables (``lens`` is ``"logit"`` or ``"tuned"``):
 - ``facts_summary``: lens, variant, answer_token, n_total, n_correct, mean_layer,
   ci95_lo, ci95_hi, mean_layer_rel (correct prompts only).
 - ``mcq``: lens, id, answer, choice, correct, and ``<flag>_layer`` /
-  ``<flag>_layer_stays`` for flag in dominate, choice_top1, choice_settled (−1 = never).
+  ``<flag>_layer_stays`` for flag in dominate, choice_top1, choice_settled (−1 = never;
+  h[1]..h[L] unless ``decision_depth.include_embedding``, as the earliest layers).
 - ``mcq_layers``: lens, layer, frac_dominate, frac_choice_top1, frac_choice_settled,
   median_choice_rank, n_prompts.
 - ``pos``: lens, id, passage, upos, word_class (function / content), word, prompt,
@@ -223,6 +224,7 @@ def mcq_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, cach
     from pipeline.data import load_source
 
     ms = spec["mcq"]
+    emb = bool(spec["decision_depth"]["include_embedding"])
     items = load_source("mmlu", cache_dir=cache_dir)
     if ms["max_chars"]:
         items = [it for it in items if len(it["question"]) + sum(map(len, it["choices"]))
@@ -234,7 +236,7 @@ def mcq_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, cach
     preds = multi_lens_predictions(model, tokenizer, [p["prompt"] for p in prompts], lenses,
                                    option_ids=opt_ids,
                                    batch_size=max(1, int(spec["batch_size"]) // 2),
-                                   progress=progress, desc="mcq")
+                                   progress=progress, desc="mcq", include_embedding=emb)
     rows = []
     answers = np.array([p["answer"] for p in prompts], dtype=object)
     for name, p in preds.items():

@@ -125,12 +125,16 @@ def read_lenses(
 
 
 def option_flags(option_ranks: Tensor, option_logits: Tensor, dominate: Tensor,
-                 choice: Tensor) -> dict[str, Tensor]:
+                 choice: Tensor, *, include_embedding: bool = False) -> dict[str, Tensor]:
     """From :func:`read_lenses`'s option reads [N, L+1, K] and the model's ``choice`` [N]
     (option index): ``"choice_top1"`` [N, L+1] (the chosen option is the lens's top-1),
     ``"choice_settled"`` [N, L+1] (it is strictly above the other options) and, for each
     flag of :data:`OPTION_FLAGS`, ``"<flag>_layer"`` / ``"<flag>_layer_stays"`` [N] (first
-    layer where it holds / from which it holds through h[L]; −1 if never)."""
+    layer where it holds / from which it holds through h[L]; −1 if never). As
+    :func:`pipeline.depth.metrics.earliest_layer` (docs/methods.md §4.4), the first layers
+    range over h[1]..h[L] unless ``include_embedding`` (then h[0]..h[L]); the per-layer
+    flags always cover h[0]..h[L]."""
+    start = 0 if include_embedding else 1
     n_cols = option_ranks.shape[1]
     at = choice[:, None, None].expand(-1, n_cols, 1)
     chosen = option_logits.gather(2, at).squeeze(2)
@@ -139,8 +143,8 @@ def option_flags(option_ranks: Tensor, option_logits: Tensor, dominate: Tensor,
            "choice_settled": chosen > others.max(-1).values}
     flags = {"dominate": dominate, **out}
     for flag in OPTION_FLAGS:
-        out[f"{flag}_layer"] = first_true(flags[flag])
-        out[f"{flag}_layer_stays"] = first_true(flags[flag], stays=True)
+        out[f"{flag}_layer"] = first_true(flags[flag], start=start)
+        out[f"{flag}_layer_stays"] = first_true(flags[flag], stays=True, start=start)
     return out
 
 
@@ -300,13 +304,14 @@ def multi_lens_predictions(
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "lens",
+    include_embedding: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`predict_prompts` (and, with ``option_ids``, :func:`predict_options`) for
     several lenses from *one* forward per batch (same left-padded, length-sorted batches).
     Returns ``{lens name: {"ranks" [N, L+1], "top1" [N, L+1], "final" [N], "targets" [N]}}``
     (+ with options: ``"option_ranks"`` [N, L+1, K], ``"choice"``, ``"dominate"``,
     ``"choice_top1"``, ``"choice_settled"`` and their ``_layer`` / ``_layer_stays`` first
-    layers, as :func:`option_ranks`).
+    layers, as :func:`option_ranks`; ``include_embedding`` as in :func:`option_flags`).
 
     ``prompts``: strings (encoded with ``tokenizer(p)``, i.e. its default special tokens)
     or token-id lists (used as they are, e.g. teacher-forced fact prompts).
@@ -389,7 +394,8 @@ def multi_lens_predictions(
             choice = torch.from_numpy(final_opt).argmax(-1)
             flags = option_flags(torch.from_numpy(r["option_ranks"]),
                                  torch.from_numpy(r.pop("option_logits")),
-                                 torch.from_numpy(r["dominate"]), choice)
+                                 torch.from_numpy(r["dominate"]), choice,
+                                 include_embedding=include_embedding)
             r["choice"] = choice.numpy()
             r.update({key: v.numpy() for key, v in flags.items()})
     return res
@@ -437,6 +443,7 @@ def option_ranks(
     lens: TunedLens | None = None,
     chunk_rows: int | None = None,
     readout: Readout | None = None,
+    include_embedding: bool = False,
 ) -> dict[str, Tensor]:
     """Option tokens' ranks per layer at the last position (docs/methods.md §4 case study iii).
 
@@ -452,8 +459,9 @@ def option_ranks(
       options (the choice among them is made, whatever the non-option tokens do);
     - ``"dominate_layer"``, ``"choice_top1_layer"``, ``"choice_settled_layer"`` [B]: first
       layer where the flag holds (−1 if never); ``"<flag>_layer_stays"``: first layer from
-      which it holds through h[L] (a choice "settled" by chance at h[0] and lost again
-      counts only in the first variant).
+      which it holds through h[L] (a choice "settled" by chance at h[1] and lost again
+      counts only in the first variant). Both search h[1]..h[L] (the decision-depth
+      convention, docs/methods.md §4.4) unless ``include_embedding`` (h[0]..h[L]).
     """
     opt = torch.as_tensor(list(option_ids), dtype=torch.long)
     readout, hs = _capture(model, input_ids, attention_mask, chunk_rows, readout)
@@ -465,7 +473,8 @@ def option_ranks(
     output_top1(hs, readout, on_final)
     r = read_lenses(hs, {"lens": lens}, readout, option_ids=opt)["lens"]
     choice = final_opt.argmax(-1)
-    flags = option_flags(r["option_ranks"], r["option_logits"], r["dominate"], choice)
+    flags = option_flags(r["option_ranks"], r["option_logits"], r["dominate"], choice,
+                         include_embedding=include_embedding)
     out = {"ranks": r["option_ranks"], "choice": choice, "dominate": r["dominate"], **flags}
     return {k: v.to(input_ids.device) for k, v in out.items()}
 
@@ -479,6 +488,7 @@ def predict_options(
     lens: TunedLens | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    include_embedding: bool = False,
 ) -> dict[str, np.ndarray]:
     """:func:`option_ranks` over many prompts (left-padded, length-sorted batches;
     :func:`multi_lens_predictions` with one lens); the same keys, as numpy arrays in prompt
@@ -487,7 +497,8 @@ def predict_options(
         return {}
     r = multi_lens_predictions(model, tokenizer, prompts, {"lens": lens},
                                option_ids=option_ids, batch_size=batch_size,
-                               progress=progress, desc="options")["lens"]
+                               progress=progress, desc="options",
+                               include_embedding=include_embedding)["lens"]
     keys = ["choice", "dominate", "choice_top1", "choice_settled",
             *[f"{flag}_layer{v}" for flag in OPTION_FLAGS for v in ("", "_stays")]]
     return {"ranks": r["option_ranks"], **{k: r[k] for k in keys}}

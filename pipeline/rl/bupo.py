@@ -78,12 +78,13 @@ def train_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
 def needed_stats(step_phase: str, *, bupo: bool, diagnostics: bool, entropy_credit: bool
                  ) -> dict[str, bool]:
     """Which no-grad statistics a step's preparation needs: π_θ (``final``: outside IPA,
-    for diagnostics, or for entropy credit), π^k (``internal``: IPA or diagnostics) and
-    ``cos(h[k], h[L])`` (``cosine_kL``: diagnostics of a BuPO method)."""
+    for diagnostics, or for entropy credit), π^k (``internal``: IPA or diagnostics),
+    ``cos(h[k], h[L])`` (``cosine_kL``) and H(π^{k−1}) for ΔH^k (``delta_k``): both
+    diagnostics of a BuPO method."""
     ipa = step_phase == IPA
     diag = bupo and diagnostics
     return {"final": not ipa or diag or entropy_credit, "internal": ipa or diag,
-            "cosine_kL": diag}
+            "cosine_kL": diag, "delta_k": diag}
 
 
 def old_logprobs(stats: Mapping[str, Any], step_phase: str) -> Tensor | None:

@@ -43,6 +43,7 @@ class PolicyStats:
     logp_k: Tensor | None  # internal policy π^k
     entropy_k: Tensor | None  # H(π^k)
     cos_kL: Tensor | None  # cos(h[k], h[L]) with the raw (pre-norm) h[L]
+    entropy_km1: Tensor | None = None  # H(π^{k−1}) of h[k−1] (delta_k=True)
 
 
 def unembed(model: nn.Module, layout: DecoderLayout, *, norm: nn.Module | None = None,
@@ -103,17 +104,21 @@ def policy_stats(
     final: bool = True,
     internal: bool = False,
     cosine_kL: bool = False,
+    delta_k: bool = False,
     apply_final_norm: bool = False,
     temperature: float = 1.0,
     chunk_tokens: int | None = None,
 ) -> PolicyStats:
     """No-grad log-probs and entropies of π_θ (``final``) and π^k (``internal``, needs
-    ``layer``), and ``cos(h[k], h[L])`` (``cosine_kL``), from one forward. The forward
-    stops after block k when only π^k is wanted; the cosine uses the raw ``h[L]`` (the
-    ``resid_post`` read of the last block, not HF's post-norm last hidden state)."""
-    layout = find_layout(model, need_final_norm=internal and apply_final_norm)
-    if (internal or cosine_kL) and layer is None:
-        raise ValueError("policy_stats: internal / cosine_kL need layer=k")
+    ``layer``), ``cos(h[k], h[L])`` (``cosine_kL``) and ``H(π^{k−1})`` (``delta_k``: the
+    internal layer policy of ``h[k−1]``, the input of block k — the embedding output for
+    k = 1 — with π^k's norm / temperature; ``ΔH^k = H(π^k) − H(π^{k−1})``), from one
+    forward. The forward stops after block k when no statistic needs the later blocks;
+    the cosine uses the raw ``h[L]`` (the ``resid_post`` read of the last block, not HF's
+    post-norm last hidden state)."""
+    layout = find_layout(model, need_final_norm=(internal or delta_k) and apply_final_norm)
+    if (internal or cosine_kL or delta_k) and layer is None:
+        raise ValueError("policy_stats: internal / cosine_kL / delta_k need layer=k")
     if layer is not None:
         check_layer(layout, layer)
     sel, targets = selection(input_ids, response_mask)
@@ -130,21 +135,29 @@ def policy_stats(
                 prev(h)
             got["L"] = h[:, :-1][sel]
         reads[last] = read_last
-    only_k = internal and not final and not cosine_kL
+    if delta_k:  # h[k−1], the input of block k (0-based k−1)
+        reads[Point("resid_pre", layer - 1)] = lambda h: got.__setitem__("km1",
+                                                                         h[:, :-1][sel])
+    only_k = (internal or delta_k) and not final and not cosine_kL
     hidden = run(model, input_ids, attention_mask, read=reads, layout=layout,
                  stop_after=layer if only_k else None, final_norm=not only_k)
     res: dict[str, Tensor | None] = dict.fromkeys(
-        ("logp", "entropy", "logp_k", "entropy_k", "cos_kL"))
+        ("logp", "entropy", "logp_k", "entropy_k", "cos_kL", "entropy_km1"))
     if final:
         lp, ent = unembed(model, layout, temperature=temperature, chunk_tokens=chunk_tokens
                           ).target_logprobs(hidden[:, :-1][sel], targets, with_entropy=True)
         res["logp"], res["entropy"] = scatter(lp, sel), scatter(ent, sel)
+    norm = layout.final_norm if apply_final_norm else None
     if internal:
-        norm = layout.final_norm if apply_final_norm else None
         lp, ent = unembed(model, layout, norm=norm, temperature=temperature,
                           chunk_tokens=chunk_tokens
                           ).target_logprobs(got["k"], targets, with_entropy=True)
         res["logp_k"], res["entropy_k"] = scatter(lp, sel), scatter(ent, sel)
+    if delta_k:
+        _, ent = unembed(model, layout, norm=norm, temperature=temperature,
+                         chunk_tokens=chunk_tokens
+                         ).target_logprobs(got["km1"], targets, with_entropy=True)
+        res["entropy_km1"] = scatter(ent, sel)
     if cosine_kL:
         res["cos_kL"] = scatter(cosine(got["k"], got["L"]), sel)
     return PolicyStats(token_mask=sel, **res)

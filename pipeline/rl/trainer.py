@@ -211,7 +211,7 @@ def prepare(model: nn.Module, ro: Rollout, cfg: RLConfig, step: int,
                              diagnostics=step % cfg.diag_every == 0 or step == 1,
                              entropy_credit=cfg.credit == "entropy")
     n, t = ro.input_ids.shape
-    keys = ("logp", "entropy", "logp_k", "entropy_k", "cos_kL")
+    keys = ("logp", "entropy", "logp_k", "entropy_k", "cos_kL", "entropy_km1")
     acc: dict[str, list[Tensor]] = {k: [] for k in (*keys, "gamma")}
     gen = torch.Generator().manual_seed(rank_seed(_step_seed(cfg.seed, step, 1), dist.rank))
     for rows in _chunks(torch.arange(n, device=ro.input_ids.device), cfg.micro_batch_size):
@@ -352,6 +352,9 @@ def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
     if cfg.uses_bupo:
         out["entropy_k"] = mean(prep["entropy_k"], m)
         out["cos_kL"] = mean(prep["cos_kL"], m)
+        # ΔH^k = H(π^k) − H(π^{k−1}) (BuPO Fig. 5), NaN where not computed (as cos_kL)
+        out["delta_k"] = out["entropy_k"] - mean(prep.get("entropy_km1"), m)
+        out["layer_k"] = cfg.bupo_layer
     if cfg.credit:
         gamma = prep["gamma"][:, 1:]
         out["gamma_mean"] = mean(gamma, m)
