@@ -14,4 +14,5 @@ BENCHMARKS: dict[str, str] = {
     "rl": "pipeline.bench.rl",
     "fsdp": "pipeline.bench.fsdp",
     "gpu_check": "pipeline.bench.gpu_check",
+    "claims_diff": "pipeline.bench.claims_diff",
 }
