@@ -217,3 +217,42 @@ def test_peer_gsm_symbolic_documented_disagreements(gsm_symbolic) -> None:
     assert ds.score_answer("-5", negative) < 1.0  # peer reads the answer as 5, gold as -5.0
     for mode in MODES:
         assert verify(r"\boxed{-5}", "-5", mode=mode) is True
+
+
+# --------------------------------------------------------------------- bounded verification
+HOSTILE = (r"\boxed{__import__('os').system('touch /tmp/pwned')}", r"\boxed{9^{9^{9^{9}}}}")
+
+
+def test_hostile_answers_are_wrong_within_the_budget() -> None:
+    """The two answers that took 16.4 s and 5.4 s in math-verify (issue 25) come back wrong
+    within the 2 s budget (+ the fork of a fresh worker), and the counter counts them."""
+    import time
+
+    from pipeline.tasks import bounded
+    verify(r"\boxed{1}", "1")  # the worker is up
+    for resp in HOSTILE:
+        before, t0 = bounded.timeouts(), time.perf_counter()
+        assert verify(resp, "7") is False
+        assert time.perf_counter() - t0 < 2.5
+        assert bounded.timeouts() - before <= 1
+    assert verify(r"\boxed{\frac{1}{2}}", "0.5") is True  # a fresh worker answers again
+
+
+def test_a_batch_of_hostile_answers_stalls_at_most_budget_each() -> None:
+    """64 hostile answers with a 0.2 s budget: every one is wrong and counted, and the batch
+    costs the budget per answer plus the forks, not sympy's minutes."""
+    import time
+
+    from pipeline.tasks import bounded
+    before, t0 = bounded.timeouts(), time.perf_counter()
+    got = [verify(HOSTILE[1], "7", timeout_s=0.2) for _ in range(64)]
+    took = time.perf_counter() - t0
+    assert got == [False] * 64 and bounded.timeouts() - before == 64
+    assert took < 64 * 0.2 + 64 * 0.15, took
+
+
+def test_budget_none_verifies_in_process() -> None:
+    from pipeline.tasks import bounded
+    bounded.shutdown()
+    assert verify(r"\boxed{\frac{1}{2}}", "0.5", timeout_s=None) is True
+    assert bounded._WORKER is None  # no worker was started

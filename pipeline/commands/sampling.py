@@ -71,6 +71,9 @@ def evaluate(ns: argparse.Namespace) -> None:
                                                  style=style, seed=ns.seed)
         summary = {"model": ns.name, "benchmark": ns.benchmark, "task": spec["task"],
                    "seed": ns.seed, **summary}
+        if spec["task"] == "math":  # answers past the verification budget, scored wrong
+            from pipeline.tasks.bounded import timeouts
+            summary["verify_timeouts"] = timeouts()
         io.write_table(ns.out_table, table)
         io.write_json(ns.out_summary, summary)
         run.metrics({k: v for k, v in summary.items()

@@ -59,6 +59,7 @@ from pipeline.rl.losses import (
     rloo_advantages,
 )
 from pipeline.rl.rollout_engine import RolloutEngine, Sampling, StaticDecoderEngine
+from pipeline.tasks.bounded import timeouts as verify_timeouts
 
 RewardFn = Callable[[Any, str], float]
 PromptFn = Callable[[Any], str]
@@ -348,6 +349,7 @@ def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
         "finished_frac": float(finished.float().mean()),
         "entropy": mean(prep["entropy"], m),
         "adv_abs_mean": float(adv.abs().mean()),
+        "verify_timeouts": verify_timeouts(),  # answers past the budget so far (§5)
     }
     if cfg.uses_bupo:
         out["entropy_k"] = mean(prep["entropy_k"], m)

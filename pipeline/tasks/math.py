@@ -11,6 +11,8 @@ import re
 import threading
 from typing import Any
 
+from pipeline.tasks.bounded import DEFAULT_BUDGET_S, verify_bounded
+
 __all__ = ["last_boxed", "normalize_answer", "verify", "VERIFY_MODES"]
 
 logger = logging.getLogger(__name__)
@@ -242,14 +244,17 @@ def _verify_symbolic(answer: str, gold: str, timeout_s: int | None) -> bool:
         return False
 
 
-def verify(response: str, gold: str, *, mode: str = "symbolic", timeout_s: int | None = 5) -> bool:
+def verify(response: str, gold: str, *, mode: str = "symbolic",
+           timeout_s: float | None = DEFAULT_BUDGET_S) -> bool:
     """Whether the last boxed answer of ``response`` equals ``gold`` (docs/methods.md §5).
 
     ``mode="symbolic"``: math-verify (``parse`` + ``verify``, gold wrapped in ``\\boxed{}``
-    when bare); errors and timeouts count as wrong. ``timeout_s`` is math-verify's per-step
-    signal timeout; it is disabled automatically outside the main thread (signal.alarm only
-    works there). ``mode="strict"``: equality of :func:`normalize_answer` strings.
-    A response with no (balanced) box is wrong. Unknown ``mode`` -> ValueError.
+    when bare); errors count as wrong. ``timeout_s`` is a hard wall-clock budget per answer
+    (default 2 s): the check runs in a worker process (:mod:`pipeline.tasks.bounded`), and
+    an answer not decided in time counts as wrong (:func:`pipeline.tasks.bounded.timeouts`
+    counts them); ``None`` verifies in this process with no budget. ``mode="strict"``:
+    equality of :func:`normalize_answer` strings. A response with no (balanced) box is
+    wrong. Unknown ``mode`` -> ValueError.
     """
     if mode not in VERIFY_MODES:
         raise ValueError(f"unknown verify mode {mode!r}; expected one of {VERIFY_MODES}")
@@ -259,4 +264,6 @@ def verify(response: str, gold: str, *, mode: str = "symbolic", timeout_s: int |
     gold = str(gold)
     if mode == "strict":
         return normalize_answer(answer) == normalize_answer(gold)
-    return _verify_symbolic(answer, gold, timeout_s)
+    if timeout_s is None or timeout_s <= 0:
+        return _verify_symbolic(answer, gold, None)
+    return verify_bounded(answer, gold, float(timeout_s))
