@@ -227,7 +227,7 @@ def _spawn(args: argparse.Namespace, method: str, tokens: int) -> dict[str, Any]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=os.environ.copy())
         print(f"  [{method}: subprocess done in {time.perf_counter() - t0:.1f} s]", flush=True)
-        return torch.load(out, weights_only=False)
+        return torch.load(out, weights_only=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,13 +9,21 @@ AdamW state with ``torch.distributed.checkpoint`` into ``checkpoint/shards-step<
 only then does process 0 write ``state.pt`` (RNG, step, history, config and the name of
 that folder) atomically and delete older shard folders. ``state.pt`` therefore always
 names a complete set of shards. Resuming needs the same number of processes.
+
+No code runs from a checkpoint (docs/methods.md §2.7): ``state.pt`` holds only tensors and
+plain Python values and is read with ``torch.load(weights_only=True)``; the DCP shard
+folder's ``.metadata`` (a pickle that ``torch.distributed.checkpoint`` would read with
+``pickle.load``) is read by :class:`SafeReader`, whose unpickler admits only DCP's own
+metadata classes, torch dtypes and sizes. Anything else is refused with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,8 +49,11 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 def rng_states() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                              "numpy": np.random.get_state()}
+                              "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)),
+                                        int(pos), int(has_gauss), float(gauss))}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -51,7 +62,9 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos,
+                         has_gauss, gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -73,11 +86,61 @@ def save_checkpoint(ckpt_dir: Path, *, model: torch.nn.Module, optimizer: torch.
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict[str, Any] | None:
-    """The saved state, or None when there is no checkpoint."""
-    path = ckpt_dir / STATE_FILE
+    """The saved state, or None when there is no checkpoint. ``weights_only``: a pickle
+    that would run code, or a corrupt file, is a one-line ``ValueError`` naming it."""
+    path = Path(ckpt_dir) / STATE_FILE
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"rl: checkpoint {path} cannot be loaded safely ({first[:160]}); "
+                         "move it aside to start afresh") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"rl: checkpoint {path} is not a training state (no step)")
+    return state
+
+
+_DCP_META = "torch.distributed.checkpoint.metadata"
+_SAFE = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+         ("torch.distributed.checkpoint.filesystem", "_StoragePrefix"),
+         ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+         ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's metadata classes, torch dtypes and sizes; nothing that can run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        ok = ((module, name) in _SAFE or module == _DCP_META
+              or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+        if not ok:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in DCP metadata")
+        return super().find_class(module, name)
+
+
+def _safe_reader(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        """``FileSystemReader`` whose ``.metadata`` goes through the restricted unpickler."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            meta_path = self._get_metadata_path(kwargs.get("rank"))
+            try:
+                with self.fs.create_stream(meta_path, "rb") as f:
+                    metadata = _MetadataUnpickler(f).load()
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"rl: checkpoint metadata {meta_path} cannot be loaded "
+                                 f"safely ({exc}); move the checkpoint aside") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+    return SafeReader(str(path))
 
 
 def save_sharded(ckpt_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -125,10 +188,13 @@ def load_sharded(ckpt_dir: Path, state: dict[str, Any], *, model: torch.nn.Modul
         set_state_dict,
     )
 
-    world = torch.distributed.get_world_size()
     if "shards" not in state:
         raise ValueError(f"rl: {ckpt_dir} holds an unsharded checkpoint; resume it without "
                          "rl.distributed: fsdp2 or use another out_dir")
+    if not re.fullmatch(r"shards-step\d+", str(state["shards"])):
+        raise ValueError(f"rl: {ckpt_dir}/{STATE_FILE} names shards {state['shards']!r}, "
+                         "not a shards-step<N> folder of this checkpoint")
+    world = torch.distributed.get_world_size()
     if state["world"] != world:
         raise ValueError(f"rl: {ckpt_dir} was written by {state['world']} processes, this run "
                          f"has {world}; resume needs the same number")
@@ -138,7 +204,8 @@ def load_sharded(ckpt_dir: Path, state: dict[str, Any], *, model: torch.nn.Modul
     keep = set(state["optim_params"])
     optim_sd["state"] = {k: v for k, v in optim_sd["state"].items() if k in keep}
     sd = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(sd, checkpoint_id=str(Path(ckpt_dir) / state["shards"]))
+    shards = Path(ckpt_dir) / str(state["shards"])
+    dcp.load(sd, storage_reader=_safe_reader(shards), checkpoint_id=str(shards))
     set_state_dict(model, optimizer, model_state_dict=sd["model"],
                    optim_state_dict=sd["optimizer"], options=StateDictOptions(strict=False))
     for name, p in model.named_parameters():
