@@ -146,9 +146,31 @@ def test_resume_is_identical(char_tokenizer, tmp_path):
     reloaded, _ = load(tmp_path / "cut" / "model", device="cpu")
     for a, b in zip(full_model.parameters(), reloaded.parameters(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="config differs"):
-        train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward,
-              _cfg(method="grpo", steps=4), prompt_fn=prompt_fn, out_dir=tmp_path / "cut")
+
+
+def test_changed_config_starts_afresh_and_keeps_the_old_checkpoint(char_tokenizer, tmp_path,
+                                                                   capsys):
+    """A finished run whose lr then changes trains again from step 1, equal to a run in an
+    empty folder; the old checkpoint is moved aside (not deleted), with a line saying so."""
+    cfg = _cfg(method="grpo", steps=2, save_every=1)
+    train(_model(char_tokenizer), char_tokenizer, PROBLEMS, toy_reward, cfg,
+          prompt_fn=prompt_fn, out_dir=tmp_path / "run")
+    new_cfg = _cfg(method="grpo", steps=2, save_every=1, lr=5e-4)
+    again_model = _model(char_tokenizer)
+    again = train(again_model, char_tokenizer, PROBLEMS, toy_reward, new_cfg,
+                  prompt_fn=prompt_fn, out_dir=tmp_path / "run")
+    fresh_model = _model(char_tokenizer)
+    fresh = train(fresh_model, char_tokenizer, PROBLEMS, toy_reward, new_cfg,
+                  prompt_fn=prompt_fn, out_dir=tmp_path / "fresh")
+    assert [h["step"] for h in again] == [1, 2]
+    assert [h["reward_mean"] for h in again] == [h["reward_mean"] for h in fresh]
+    for a, b in zip(again_model.parameters(), fresh_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    stale = list((tmp_path / "run").glob("checkpoint.stale-*"))
+    assert len(stale) == 1 and load_checkpoint(stale[0])["config"]["lr"] == 1e-3
+    assert load_checkpoint(tmp_path / "run" / "checkpoint")["config"]["lr"] == 5e-4
+    err = capsys.readouterr().err
+    assert "config differs in ['lr']" in err and "moved" in err
 
 
 def test_nan_loss_raises_and_writes_no_model(char_tokenizer, tmp_path):

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -365,13 +366,24 @@ def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
 
 
 # --------------------------------------------------------------------------- loop
-def _check_resume(saved: dict[str, Any], cfg: RLConfig) -> None:
+def config_changes(saved: dict[str, Any], cfg: RLConfig) -> list[str]:
+    """Keys of the checkpoint's config that differ from ``cfg`` (beyond the resumable)."""
     now = cfg.to_dict()
-    diff = sorted(k for k in set(saved) | set(now)
+    return sorted(k for k in set(saved) | set(now)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"rl: checkpoint config differs in {diff}; use resume=False or "
-                         "another out_dir")
+
+
+def set_aside(ckpt_dir: Path, changes: list[str], dist: Dist) -> None:
+    """A checkpoint of another config is moved (never deleted) to
+    ``checkpoint.stale-<UTC time>`` beside it, with a line in the log; training then starts
+    at step 1 (docs/methods.md §2.4). Process 0 moves it; every process waits."""
+    if dist.main:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{stamp}")
+        ckpt_dir.rename(stale)
+        print(f"rl: checkpoint config differs in {changes}: moved {ckpt_dir} to {stale}; "
+              "training starts at step 1", file=sys.stderr, flush=True)
+    dist.barrier()
 
 
 def _reseed(seed: int, rank: int, step: int) -> None:
@@ -463,8 +475,10 @@ def train(
     history: list[dict[str, Any]] = []
     start = 1
     state = load_checkpoint(ckpt_dir) if resume else None
+    if state is not None and (changes := config_changes(state["config"], cfg)):
+        set_aside(ckpt_dir, changes, dist)
+        state = None
     if state is not None:
-        _check_resume(state["config"], cfg)
         if "shards" in state and not dist.fsdp:
             raise ValueError(f"rl: {ckpt_dir} holds a sharded (fsdp2) checkpoint; resume it "
                              "with rl.distributed: fsdp2 on the same number of processes")
