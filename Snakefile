@@ -20,7 +20,10 @@ export_env(config)  # tracking URI, MLflow experiment, config hash for every job
 # planner.gpu_mem_gb set: stop before any job starts when a GPU job's estimated peak
 # memory per GPU exceeds it (pipeline.memory_plan; `reasoning-inside plan` prints the table)
 if workflow.is_main_process:
+    from pipeline.config import check_writable
     from pipeline.memory_plan import check_memory
+
+    check_writable(config["results_dir"])
 
     check_memory(config)
 

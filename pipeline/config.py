@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,12 +36,62 @@ def _with_defaults(validator_cls):
             for key, sub in properties.items():
                 if "default" in sub and key not in instance:
                     instance[key] = copy.deepcopy(sub["default"])
+                elif key in instance and isinstance(instance[key], str):
+                    instance[key] = _as_number(instance[key], sub)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
 
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _types(sub: Mapping[str, Any]) -> set[str]:
+    t = sub.get("type", [])
+    out = set([t] if isinstance(t, str) else t)
+    for alt in sub.get("oneOf", []) + sub.get("anyOf", []):
+        out |= _types(alt)
+    return out
+
+
+def _as_number(value: str, sub: Mapping[str, Any]) -> Any:
+    """A string where the schema wants a number is read as the number it spells (PyYAML
+    reads ``1e-4`` as a string: YAML 1.1 floats need a dot); other strings are kept."""
+    types = _types(sub)
+    if "string" in types or not types & {"number", "integer"} or not _NUMBER.fullmatch(value):
+        return value
+    x = float(value)
+    return int(x) if "integer" in types and "number" not in types and x.is_integer() else x
+
+
+def _wrong_type(value: Any, annotation: str) -> str | None:
+    """What ``value`` should have been for a dataclass field annotated ``annotation``
+    (``"float"``, ``"int | None"``, …), or None when it fits (or the type is not simple)."""
+    kinds = {t.strip() for t in annotation.split("|")}
+    if value is None:
+        return None if "None" in kinds else f"a {annotation}"
+    if kinds & {"float", "int"} and not kinds & {"str", "Any"}:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if "float" not in kinds:
+            ok = ok and isinstance(value, int)
+        return None if ok else ("a number" if "float" in kinds else "an integer")
+    if kinds == {"bool"} and not isinstance(value, bool):
+        return "true or false"
+    return None
+
+
+def coerce_numbers(d: dict[str, Any], fields: Mapping[str, type]) -> dict[str, Any]:
+    """``d`` with strings that spell numbers read as numbers where ``fields`` (name → the
+    dataclass field's type) wants an int or a float (the free ``rl.trainer`` section)."""
+    out = dict(d)
+    for k, v in d.items():
+        t = str(fields.get(k, ""))
+        if isinstance(v, str) and _NUMBER.fullmatch(v) and ("float" in t or "int" in t) \
+                and "str" not in t:
+            x = float(v)
+            out[k] = int(x) if "float" not in t and x.is_integer() else x
+    return out
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
@@ -154,8 +206,15 @@ def _check_semantics(config: dict[str, Any]) -> None:
         benches = config["evaluation"]["benchmarks"]
         if unknown := [b for b in rl["evaluate"] if b not in benches]:
             raise ConfigError(f"config error at rl.evaluate: unknown benchmarks {unknown}")
+        from dataclasses import fields
+
         from pipeline.rl.config import RLConfig
 
+        types = {f.name: str(f.type) for f in fields(RLConfig)}
+        rl["trainer"] = coerce_numbers(rl["trainer"], types)
+        for key, v in rl["trainer"].items():
+            if (bad := _wrong_type(v, types.get(key, ""))) is not None:
+                raise ConfigError(f"config error at rl.trainer.{key}: {v!r} is not {bad}")
         for key in ("method", "seed", "bupo_layer"):
             if key in rl["trainer"]:
                 raise ConfigError(f"config error at rl.trainer.{key}: set by the DAG "
@@ -189,6 +248,91 @@ def _check_semantics(config: dict[str, Any]) -> None:
         too_big = [k for k in bench["k"] if k > bench["n_samples"]]
         if too_big and bench["task"] != "mmlu":
             raise ConfigError(f"{at}.k: {too_big} exceed n_samples {bench['n_samples']}")
+        if bench["task"] != "mmlu" and bench["temperature"] == 0 and bench["n_samples"] > 1:
+            raise ConfigError(f"{at}.temperature: 0 (greedy) makes the {bench['n_samples']} "
+                              "samples identical, so avg@n / pass@k would not be samples; "
+                              "set temperature > 0 or n_samples: 1")
+    _check_rl_split(config)
+    _check_layers(config)
+    _check_tracking(config)
+
+
+def _check_rl_split(config: dict[str, Any]) -> None:
+    rl, splits = config["rl"], config["tasks"]["countdown"]["splits"]
+    if rl["models"] and rl["methods"] and rl["task"] == "countdown" \
+            and rl["split"] not in splits:
+        raise ConfigError(f"config error at rl.split: {rl['split']!r} is not a split of "
+                          f"tasks.countdown.splits {sorted(splits)}")
+    tr = rl["trainer"]
+    if rl["models"] and rl["methods"] and tr.get("temperature", 1.0) == 0 \
+            and tr.get("group_size", 2) > 1:
+        raise ConfigError("config error at rl.trainer.temperature: 0 (greedy) gives a group "
+                          "identical rollouts, so every advantage is 0")
+
+
+def _layers_of(config: dict[str, Any], model: str) -> int | None:
+    """Blocks of a model when known without a download (builtin sizes, a local or cached
+    config.json, the planner's table), else None (checked when the job runs)."""
+    from pipeline.memory_plan import model_shape
+
+    try:
+        return model_shape(config["models"][model], name=model).layers
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+def _check_layers(config: dict[str, Any]) -> None:
+    """Layer indices against every model they apply to (1-based k ≤ L; 0-based < L)."""
+    rl, am = config["rl"], config["analysis"]["models"]
+    analysed = list(config["models"]) if am == "all" else list(am)
+    k = rl["bupo_layer"]
+    if rl["methods"] and any(m.startswith("bupo") for m in rl["methods"]) \
+            and isinstance(k, int):
+        for m in rl["models"]:
+            n = _layers_of(config, m)
+            if n is not None and k > n:
+                raise ConfigError(f"config error at rl.bupo_layer: {k} > the {n} blocks of "
+                                  f"{m} (k is 1-based, 1..{n})")
+    for where, layers, models in (
+            ("analysis.attention.layers", config["analysis"]["attention"]["layers"], analysed),
+            ("rl.trainer.rhythm.layers", (rl["trainer"].get("rhythm") or {}).get("layers"),
+             rl["models"])):
+        if not isinstance(layers, list):
+            continue
+        for m in models:
+            n = _layers_of(config, m)
+            if n is not None and (bad := [x for x in layers if not 0 <= int(x) < n]):
+                raise ConfigError(f"config error at {where}: {bad} outside the {n} blocks of "
+                                  f"{m} (0-based, 0..{n - 1})")
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """``results_dir`` can be written: a probe file is created and removed in it when it
+    exists, else its nearest existing parent must be writable (a dry run creates nothing)."""
+    path = Path(results_dir).absolute()
+    if path.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"config error at results_dir: cannot write in {path} "
+                              f"({exc.strerror or exc})") from None
+        return
+    parent = next((p for p in path.parents if p.exists()), None)
+    if path.exists() or parent is None or not parent.is_dir() \
+            or not os.access(parent, os.W_OK | os.X_OK):
+        why = "not a directory" if path.exists() else f"{parent} is not writable"
+        raise ConfigError(f"config error at results_dir: cannot create {path} ({why})")
+
+
+def _check_tracking(config: dict[str, Any]) -> None:
+    from pipeline.tracking import resolve_tracking_uri
+
+    try:
+        resolve_tracking_uri(config["mlflow"]["tracking_uri"], config["results_dir"])
+    except ValueError as exc:
+        raise ConfigError(f"config error at mlflow.tracking_uri: {exc}") from None
 
 
 def load(path: str | Path) -> dict[str, Any]:
