@@ -58,6 +58,15 @@ def compare(ns: argparse.Namespace) -> None:
         run_comparison(ns.spec, ns.root, ns.out_dir, run=run)
 
 
+def metric_key(rec: Any, records: Sequence[Any]) -> str:
+    """``claim.<id>/<run>``, plus ``/<split>`` (MLflow's name characters only) when another
+    record has the same id and run (e.g. the Table 2 statistics under other peak rules)."""
+    key = f"claim.{rec.claim_id}/{rec.run}"
+    if sum(r.claim_id == rec.claim_id and r.run == rec.run for r in records) > 1:
+        key += "/" + re.sub(r"[^\w.\- /:]", "", rec.split)
+    return key
+
+
 @stage(
     "claims",
     arg("--root", required=True, help="results/<experiment> directory the DAG wrote"),
@@ -71,15 +80,6 @@ def compare(ns: argparse.Namespace) -> None:
     arg("--out-html", required=True),
     JOB,
 )
-def metric_key(rec: Any, records: Sequence[Any]) -> str:
-    """``claim.<id>/<run>``, plus ``/<split>`` (MLflow's name characters only) when another
-    record has the same id and run (e.g. the Table 2 statistics under other peak rules)."""
-    key = f"claim.{rec.claim_id}/{rec.run}"
-    if sum(r.claim_id == rec.claim_id and r.run == rec.run for r in records) > 1:
-        key += "/" + re.sub(r"[^\w.\- /:]", "", rec.split)
-    return key
-
-
 def claims(ns: argparse.Namespace) -> None:
     """Every paper claim as a verdict with an interval (docs/methods.md §9): one table from
     the stage and comparison outputs, a forest figure and an HTML page; the table is an
