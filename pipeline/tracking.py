@@ -106,7 +106,15 @@ def init_store(uri: str, experiment_name: str) -> str:
     """
     if db := _sqlite_db(uri):
         db.parent.mkdir(parents=True, exist_ok=True)
-    return _experiment_id(_client(uri), experiment_name, uri)
+    try:
+        return _experiment_id(_client(uri), experiment_name, uri)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy / MLflow errors become one line
+        with _clients_lock:
+            _clients.pop(uri, None)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        where = f"SQLite file {db}" if db else uri
+        raise ValueError(f"MLflow store {where} cannot be opened ({type(exc).__name__}: "
+                         f"{first}); move it aside or set mlflow.tracking_uri") from None
 
 
 def _sqlite_path(uri: str) -> str:
@@ -247,7 +255,7 @@ def _git_commit() -> str | None:
 
 
 def _common_tags() -> dict[str, str]:
-    tags = {"host": socket.gethostname()}
+    tags = {"host": socket.gethostname(), "pid": str(os.getpid())}
     with contextlib.suppress(Exception):
         tags["mlflow.user"] = getpass.getuser()
     return tags
@@ -388,6 +396,7 @@ def start_parent_run(
     """
     client = _client(uri)
     exp_id = _experiment_id(client, experiment_name, uri)
+    end_stale_runs(client, exp_id)
     chash = config_hash(config)
     tags = {**_common_tags(), "pipeline.kind": "parent", "config_hash": chash}
     if command is not None:
@@ -410,6 +419,39 @@ def start_parent_run(
     os.environ[PARENT_RUN_ENV] = run.info.run_id
     os.environ[TRACKING_URI_ENV] = uri
     return run.info.run_id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def end_stale_runs(client: MlflowClient, exp_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this experiment that were started on this host by
+    a process that no longer exists (a killed ``snakemake`` or job leaves its run RUNNING
+    forever); returns their ids. Runs of other hosts are left alone: their processes
+    cannot be checked from here."""
+    host = socket.gethostname()
+    stale = []
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'",
+                              max_results=5000)
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("pid", "")
+        if tags.get("host") != host or (pid.isdigit() and _alive(int(pid))):
+            continue
+        client.set_tag(run.info.run_id, "ended_by", "a later pipeline start: its process "
+                       "is gone")
+        client.set_terminated(run.info.run_id, "KILLED")
+        stale.append(run.info.run_id)
+    if stale:
+        _log.warning("ended %d stale RUNNING MLflow run(s) as KILLED", len(stale))
+    return stale
 
 
 def end_parent_run(status: str = "FINISHED", uri: str | None = None) -> None:

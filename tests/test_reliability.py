@@ -106,3 +106,15 @@ def test_dry_run_stops_before_any_job_and_writes_nothing(tmp_path: Path) -> None
     assert "rule countdown_data" not in res.stdout + res.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != conf]
     assert [p for p in written if ".snakemake" not in p.parts] == []
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", "is empty"), ("{not json\n", "cannot be read"), ("\n\n", "")])
+def test_bad_benchmark_file_is_one_line(tmp_path: Path, content: str, words: str) -> None:
+    from pipeline.tasks.benchmarks import load_benchmark
+    f = tmp_path / "math500.jsonl"
+    f.write_text(content)
+    with pytest.raises(ValueError) as exc:
+        load_benchmark("math500", path=f, cache_dir=tmp_path / "cache")
+    msg = str(exc.value)
+    assert "\n" not in msg and str(f) in msg and words in msg, msg

@@ -318,3 +318,35 @@ def test_concurrent_first_creation(tmp_path: Path) -> None:
     c = mlflow.MlflowClient(tracking_uri=uri)
     exp = c.get_experiment_by_name("e")
     assert len(c.search_runs([exp.experiment_id])) == 2
+
+
+def test_stale_running_runs_are_ended_on_the_next_start(store: dict) -> None:
+    """Runs left RUNNING by a killed process of this host end as KILLED when the next
+    pipeline starts; a live process's run and another host's run are left alone."""
+    import socket
+
+    c = client(store)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = c.create_run(store["exp_id"], tags={"host": host, "pid": str(gone.pid)}).info.run_id
+    live = c.create_run(store["exp_id"], tags={"host": host, "pid": str(os.getpid())}).info.run_id
+    other = c.create_run(store["exp_id"], tags={"host": "elsewhere", "pid": "1"}).info.run_id
+    pid = T.start_parent_run(store["uri"], EXP, config={"a": 1})
+    assert c.get_run(dead).info.status == "KILLED"
+    assert "process is gone" in c.get_run(dead).data.tags["ended_by"]
+    assert c.get_run(live).info.status == "RUNNING"
+    assert c.get_run(other).info.status == "RUNNING"
+    assert c.get_run(pid).data.tags["pid"] == str(os.getpid())
+    T.end_parent_run("FINISHED")
+    for run_id in (live, other):
+        c.set_terminated(run_id, "FINISHED")
+
+
+def test_corrupt_store_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"this is not a database" * 100)
+    uri = T.resolve_tracking_uri(str(db), str(tmp_path))
+    with pytest.raises(ValueError, match="cannot be opened") as exc:
+        T.init_store(uri, EXP)
+    assert "\n" not in str(exc.value) and str(db) in str(exc.value)

@@ -83,7 +83,16 @@ def _load_local(path: str, cache_dir: str | None):
         builder = "parquet"
     else:
         raise ValueError(f"unsupported benchmark file type (want .jsonl/.json/.parquet): {path}")
-    return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"benchmark file {path} is empty (no records)")
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - datasets' own errors become one line
+        raise ValueError(f"benchmark file {path} cannot be read as {builder} "
+                         f"({_one_line(exc)})") from None
+    if len(ds) == 0:
+        raise ValueError(f"benchmark file {path} has no records")
+    return ds
 
 
 def _load_hub(spec: BenchmarkSpec, revision: str, cache_dir: str | None):
