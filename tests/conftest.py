@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny random models of both architectures, the char tokenizer."""
+"""Shared fixtures: tiny random models of both architectures, the char tokenizer; and
+``require``: skip a test whose dependency is missing, fail it under ``CI=true``."""
 
 from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
 
 import pytest
 import torch
@@ -14,6 +19,35 @@ torch.set_num_threads(1)
 TINY = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
             head_dim=None, max_position_embeddings=256, rope_theta=10000.0,
             tie_word_embeddings=True, seed=0)
+
+
+# ---------------------------------------------------------------- optional dependencies
+def in_ci() -> bool:
+    """``CI=true`` (or 1/yes): the CI run (.ci/run), which installs every dependency."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(condition: object, reason: str) -> None:
+    """A test's dependency (a browser, a peer library) is there, or: outside CI the test
+    is skipped with ``reason``; under ``CI=true`` it fails with that one line, since CI
+    installs every such dependency and a skip there would hide that the check never ran."""
+    __tracebackhide__ = True  # the skip / failure is reported at the test's line
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"missing under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, reason: str) -> ModuleType:
+    """``importlib.import_module(name)``, or :func:`require`'s skip / CI failure."""
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        error = str(exc)
+    require(False, f"{reason} ({error})")
+    raise AssertionError("not reached: require skips or fails")
 
 
 @pytest.fixture(scope="session")

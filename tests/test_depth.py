@@ -14,6 +14,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import require_module
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -374,7 +375,7 @@ def test_training_lowers_heldout_kl(char_tokenizer, alignment):
 
 def test_tuned_lens_library_parity(tmp_path):
     """Our translator + read-out equals the ``tuned-lens`` library's for the same weights."""
-    tl = pytest.importorskip("tuned_lens.nn.lenses")
+    tl = require_module("tuned_lens.nn.lenses", "no tuned-lens: pip install -e '.[test]'")
     model = make_model("llama", seed=11)
     ours = random_lens(model, "input", std=0.1)
     theirs = tl.TunedLens.from_model(model)

@@ -253,18 +253,27 @@ def test_html_report(html_report):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_report_and_mlflow_in_a_browser(smoke_run, html_report, tmp_path):
-    """The report and the MLflow UI render in headless chromium (screenshots not blank)."""
+    """The report and the MLflow UI render in headless chromium (screenshots not blank);
+    in the MLflow UI the experiment lists a child run, whose metric chart has a line and
+    whose logged figure is shown (the checks in pipeline.report_check.mlflow_checks)."""
+    from conftest import require
+
     from pipeline.report_check import check, find_chromium
 
-    if find_chromium() is None:
-        pytest.skip("no chromium (apt-get install chromium)")
+    require(find_chromium(), "no chromium (apt-get install chromium)")
     workdir, _ = smoke_run
     index = check(html_report, workdir / "results" / "mlflow.db", tmp_path / "shots",
                   experiment="reasoning-inside-smoke")
     names = {s["name"] for s in index["shots"]}
     assert {"report_home", "report_accuracy", "report_tables", "report_claims",
-            "mlflow_experiment", "mlflow_run", "mlflow_artifact"} <= names
+            "mlflow_experiment", "mlflow_run", "mlflow_metrics", "mlflow_artifact"} <= names
     assert index["ok"], index
+    run = index["mlflow"]  # the SFT of a tiny model: a loss over steps and its figure
+    assert run["run_name"].startswith("provision[") and run["figure"].endswith(".png")
+    checks = {s["name"]: s["check"] for s in index["shots"] if "check" in s}
+    assert checks["mlflow_experiment"]["child_listed"]
+    assert checks["mlflow_metrics"]["points"] >= 2
+    assert checks["mlflow_artifact"]["images"] >= 1
 
 
 @pytest.mark.slow

@@ -199,8 +199,9 @@ def contraction_claim(ent: pd.DataFrame, *, family: str, model: str, run: str,
         kw = dict(claim_id="bupo.qwen_progressive",
                   claim="layer entropy contracts progressively, not only in the last layers",
                   criterion=Less(0.5, "< 0.5 (most of the fall before the last 3 blocks)"))
-    metric = (f"(H(h[{L - ABRUPT_LAST}]) − H(h[{L}])) / (max_l H(h[l]) − H(h[{L}])), ratio "
-              f"of sums over samples ({convention})")
+    lo, top = (f"{L - ABRUPT_LAST}", f"{L}") if L >= ABRUPT_MIN_LAYERS else ("L−3", "L")
+    metric = (f"(H(h[{lo}]) − H(h[{top}])) / (max_l H(h[l]) − H(h[{top}])), ratio of sums "
+              f"over samples ({convention})")
     if L < ABRUPT_MIN_LAYERS:
         return _record(run, model, split, metric=metric, values=None, figure=fig,
                        reason=f"L = {L} < {ABRUPT_MIN_LAYERS}: the last {ABRUPT_LAST} blocks "
