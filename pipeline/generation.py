@@ -7,7 +7,8 @@ as its live rows. Greedy when ``temperature == 0``, else temperature + nucleus (
 sampling from a seeded generator, drawn by inverse CDF (one uniform per row).
 
 Decode steps run on :class:`pipeline.static_decode.StaticDecoder` (Llama, Mistral, Qwen2,
-Qwen3: fused projections, preallocated KV cache, no per-step mask building; identical to
+Qwen3: fused projections, a KV cache allocated once per batch, no per-step mask building;
+identical to
 the transformers forward in fp32 up to float rounding) or, for other architectures or
 ``static=False``, on the transformers forward with a ``DynamicCache``. On CPU the per-step
 overhead of the transformers forward dominates small models (``python -m pipeline.bench
@@ -16,8 +17,9 @@ generation`` prints the split).
 ``dtype`` is the dtype of the weights the decode loop multiplies with, cast once per call
 (so a model that is being trained is always sampled with its current weights). On CPUs
 with native bf16 matmuls (AVX512-BF16 / AMX) and on GPUs, bf16 halves the weight traffic
-that bounds one-token decode steps. The static decoder keeps activations, the KV cache and
-the softmax in fp32 (only matmul inputs are rounded), so bf16 sampling stays close to the
+that bounds one-token decode steps. The static decoder keeps activations and the softmax in
+fp32 (matmul inputs are rounded, and the KV cache is held in ``dtype``, read back as fp32
+for the attention), so bf16 sampling stays close to the
 fp32 model (SmolLM2: last-token logits within ~0.5 of fp32; a bf16 copy of the whole model
 through transformers: ~1). Analyses and log-probs of the sampled tokens are still computed
 by the fp32 model.

@@ -49,8 +49,6 @@ BUILTIN_VOCAB = 107
 #: (fp32 logits per unembedding chunk under autograd / without); a test keeps them equal.
 GRAD_CHUNK_BYTES = 64 * 2**20
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-#: :meth:`pipeline.static_decode.StaticDecoder.reset` ``reserve`` (first cache capacity).
-KV_RESERVE = 256
 #: Assumed prompt length in tokens (``planner.prompt_tokens``).
 PROMPT_TOKENS = 512
 #: CUDA context + cuBLAS workspace + NCCL buffers per process.
@@ -119,11 +117,10 @@ class ModelShape:
         """n = root + L·block (tied embeddings counted once)."""
         return self.root_params + self.layers * self.block_params
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Static KV cache per position and sequence: L·2·kv fp32 (the cache is fp32
-        whatever the sampling dtype, :meth:`pipeline.static_decode.StaticDecoder.reset`)."""
-        return self.layers * 2 * self.kv_dim * 4
+    def kv_bytes_per_token(self, sample_dtype: str | None = None) -> int:
+        """Static KV cache per position and sequence: L·2·kv·s, in the sampling dtype
+        (:meth:`pipeline.static_decode.StaticDecoder.reset`)."""
+        return self.layers * 2 * self.kv_dim * dtype_bytes(sample_dtype)
 
 
 #: Published shapes of the paper configs' hub models (config/paper-*.yaml, and
@@ -335,27 +332,6 @@ def update_memory(shape: ModelShape, *, micro_seqs: int, seq_len: int, response_
                         activations=acts, logits=logits, gather=gather)
 
 
-def kv_peak_positions(prompt: int, max_new: int, batch: int,
-                      reserve: int = KV_RESERVE) -> int:
-    """Cache positions × rows alive at the static cache's peak: it starts at ``reserve``
-    positions and doubles (capped at prompt + max_new) when full, and drops finished rows
-    with ``index_select``; both copy every layer's cache while the old one is alive. The
-    peak is the larger of the last growth, B·(c + prompt + max_new) with c the capacity
-    before it, and a row drop at full length, (2B − 1)·(prompt + max_new)."""
-    max_len = prompt + max_new
-    final = max_len - 1 if max_new else prompt  # the last sampled token is never fed
-    cap = min(max_len, reserve)
-    peak, need = cap, prompt
-    while True:
-        if need > cap:
-            new = min(max_len, max(need, 2 * cap))
-            peak, cap = max(peak, cap + new), new
-        if need >= final:
-            break
-        need = min(final, cap + 1)
-    return max(batch * peak, (2 * batch - 1) * max_len)
-
-
 def engine_copy_bytes(shape: ModelShape, sample_dtype: str | None) -> int:
     """The static decoder's own weights when it samples in a dtype other than the
     model's fp32: fused cast copies of every block projection and of ``lm_head``,
@@ -367,41 +343,37 @@ def engine_copy_bytes(shape: ModelShape, sample_dtype: str | None) -> int:
     return s * (shape.layers * shape.block_params - norms + shape.vocab * shape.hidden)
 
 
-def prefill_positions(prompt: int, max_new: int, reserve: int = KV_RESERVE) -> int:
-    """Cache positions per row alive while the prompt is prefilled: the first
-    ``reserve`` positions and, when the prompt is longer, the grown cache
-    min(prompt + max_new, max(prompt, 2·reserve)) beside them."""
-    cap = min(prompt + max_new, reserve)
-    return cap + min(prompt + max_new, max(prompt, 2 * cap)) if prompt > cap else cap
-
-
 def decode_bytes(shape: ModelShape, batch: int, prompt: int, max_len: int,
                  sample_dtype: str | None) -> tuple[int, int]:
     """The decode loop's transient working set (:mod:`pipeline.static_decode`):
     ``(prefill, step)``. Prefill of B prompts of S tokens: one block's fp32 residual,
     projections and attention, 4·(3d + 3q + 3kv) + 4s·i per token, and the mask B·S² as
     bool and fp32. A one-token step: logits and sampling buffers B·V·16, scores and bias
-    over the cache B·H·max_len·8."""
+    over the cache B·H·max_len·8, and the kept rows of one cache buffer copied when
+    finished rows are dropped, s·B·kv·max_len."""
     s = dtype_bytes(sample_dtype)
     d, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
     prefill = batch * prompt * (4 * (3 * d + 3 * q + 3 * kv) + 4 * s * i)
     prefill += batch * prompt * prompt * 5
-    step = batch * shape.vocab * 16 + batch * shape.heads * max_len * 8
+    step = batch * shape.vocab * 16 + batch * (8 * shape.heads + s * kv) * max_len
     return prefill, step
 
 
 def sampling_phases(shape: ModelShape, batch: int, prompt: int, max_new: int,
                     sample_dtype: str | None) -> tuple[int, int, int, int]:
-    """``(prefill working set, KV peak, prefill phase, decode phase)`` of sampling B
-    sequences, the phases without the weights: the prefill (its working set and the
-    cache while it first grows, :func:`prefill_positions`) and the decode steps (the
-    cache at its peak, :func:`kv_peak_positions`, and one step's buffers) never
-    overlap."""
-    per = shape.kv_bytes_per_token
-    prefill, step = decode_bytes(shape, batch, prompt, prompt + max_new, sample_dtype)
-    kv = kv_peak_positions(prompt, max_new, batch) * per
-    return (prefill, kv, prefill + batch * prefill_positions(prompt, max_new) * per,
-            kv + step)
+    """``(prefill working set, KV cache, prefill phase, decode phase)`` of sampling B
+    sequences, the phases without the weights. The cache is allocated once at its full
+    length, B·(prompt + max_new)·:meth:`ModelShape.kv_bytes_per_token` (dropping finished
+    rows compacts it in place), with, when it is half precision, the fp32 buffer one
+    layer's keys and values are read back into, 8·B·kv·(prompt + max_new); both are alive
+    in both phases. The prefill working set and one decode step's buffers
+    (:func:`decode_bytes`) never overlap."""
+    max_len = prompt + max_new
+    prefill, step = decode_bytes(shape, batch, prompt, max_len, sample_dtype)
+    kv = batch * max_len * shape.kv_bytes_per_token(sample_dtype)
+    if dtype_bytes(sample_dtype) < 4:
+        kv += 8 * batch * shape.kv_dim * max_len
+    return prefill, kv, kv + prefill, kv + step
 
 
 def forward_bytes(shape: ModelShape, batch: int, seq_len: int) -> int:
@@ -475,7 +447,7 @@ def train_estimate(shape: ModelShape, trainer: Mapping[str, Any], *, model: str,
     to the GPU and ``fully_shard`` moves only the shards, n·s + 4n/p); ``sync`` (fsdp2)
     params + optimizer + engine + the largest parameter gathered in fp32 and cast,
     (4 + s)·max(V·d, d·i); ``rollout`` params + optimizer + engine + the larger sampling phase
-    (:func:`sampling_phases`: KV cache, :attr:`ModelShape.kv_bytes_per_token` per
+    (:func:`sampling_phases`: KV cache, :meth:`ModelShape.kv_bytes_per_token` per
     position, and the decode working set); ``update``
     :func:`update_memory` + engine (fsdp2, resident); ``step`` params + grads +
     optimizer + AdamW's foreach temporary (4n/p) + engine. Engine: fsdp2 the unsharded
@@ -537,7 +509,7 @@ def sampling_estimate(shape: ModelShape, *, job: str, rule: str, model: str, bat
     """A sampling job (``evaluate`` generative, ``responses``): fp32 weights 4n, the
     static decoder's cast copies (:func:`engine_copy_bytes`), and the larger of its
     prefill and decode phases (:func:`sampling_phases`; the table's ``activ`` is the
-    prefill working set, ``kv`` the cache's peak)."""
+    prefill working set, ``kv`` the cache)."""
     act, kv, prefill, decode = sampling_phases(shape, batch, prompt_tokens, max_new_tokens,
                                                sample_dtype)
     terms = _terms(params=4 * shape.n_params, engine=engine_copy_bytes(shape, sample_dtype),

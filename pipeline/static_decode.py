@@ -5,10 +5,12 @@ construction, cache bookkeeping, module dispatch; ``python -m pipeline.bench gen
 prints the split). :class:`StaticDecoder` computes the transformers eager forward of
 ``llama``, ``mistral``, ``qwen2`` and ``qwen3`` models (RMSNorm, rotary embeddings from the
 model's own ``rotary_emb``, grouped-query attention, SiLU-gated MLP) with fused QKV and
-gate/up projections, a ``[B, kv_heads, T, head_dim]`` cache written in place (grown by
-doubling) and no per-step mask building. The prompt is prefilled by the same code
-(``sdpa`` with a causal + padding mask). Activations, the residual stream, the cache and
-the softmax are fp32; only the matmul inputs are cast to the weights' dtype, so in fp32
+gate/up projections, a ``[B, kv_heads, T, head_dim]`` cache written in place (allocated
+once per batch at its full length) and no per-step mask building. The prompt is
+prefilled by the same code (``sdpa`` with a causal + padding mask). Activations, the
+residual stream and the softmax are fp32; only the matmul inputs are cast to the
+weights' dtype, and the cache is held in that dtype too (bf16 sampling: 2 bytes per
+element), each layer's keys and values read back as fp32 for the attention math. In fp32
 it equals the transformers forward up to float rounding.
 
 Weights are taken from the model when the dtype is the model's own (projections are
@@ -98,10 +100,11 @@ def _project(h: torch.Tensor, parts: list) -> torch.Tensor:
 class StaticDecoder:
     """Prefill, then one-token steps, on a KV cache written in place.
 
-    ``reset(batch, max_len, device)`` empties the cache; ``forward(tokens [B, S], positions [B, S],
-    attention_mask)`` appends S tokens per row (the prompt, then one sampled token per
-    step) and returns the last position's logits ``[B, V]`` in the compute dtype;
-    ``select(keep)`` keeps the rows ``keep``.
+    ``reset(batch, max_len, device)`` allocates an empty cache; ``forward(tokens [B, S],
+    positions [B, S], attention_mask)`` appends S tokens per row (the prompt, then one
+    sampled token per step) and returns the last position's logits ``[B, V]`` in the
+    compute dtype; ``select(keep)`` keeps the rows ``keep``. The cache (``k``, ``v``: one
+    ``[B, kv_heads, max_len, head_dim]`` tensor per layer) is in the compute dtype.
     """
 
     def __init__(self, model: PreTrainedModel, *, dtype: torch.dtype | None = None,
@@ -123,40 +126,51 @@ class StaticDecoder:
         self.max_len = 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self._fp32: tuple[torch.Tensor, torch.Tensor] | None = None  # one layer's k, v read back
         self.length = 0
         self.valid: torch.Tensor | None = None  # [B, max_len] bool, attended positions
 
-    def reset(self, batch: int, max_len: int, device: torch.device | str,
-              reserve: int = 256) -> None:
-        """An empty cache for ``batch`` rows and at most ``max_len`` positions; buffers
-        hold ``reserve`` positions at first and double when full (memory follows the
-        longest live row, as with a dynamic cache, without a copy per step)."""
+    @torch.inference_mode()
+    def reset(self, batch: int, max_len: int, device: torch.device | str) -> None:
+        """An empty cache for ``batch`` rows and ``max_len`` positions (the prompt's width +
+        the new tokens), allocated once at that length in the decoder's dtype: no growth,
+        so no copy of the cache beside itself. A half-precision cache also gets one layer's
+        keys and values in fp32, the buffer decode steps read each layer back into."""
         self.max_len = max_len
         self.k, self.v = [], []
-        cap = min(max_len, reserve)
         for lay in self.layers:
-            shape = (batch, lay.n_kv, cap, lay.head_dim)
-            self.k.append(torch.zeros(shape, device=device))  # fp32, as all activations
-            self.v.append(torch.zeros(shape, device=device))
-        self.valid = torch.zeros(batch, cap, dtype=torch.bool, device=device)
+            shape = (batch, lay.n_kv, max_len, lay.head_dim)
+            self.k.append(torch.zeros(shape, dtype=self.dtype, device=device))
+            self.v.append(torch.zeros(shape, dtype=self.dtype, device=device))
+        self._fp32 = None
+        if self.dtype != torch.float32 and self.layers:
+            widest = max(self.layers, key=lambda lay: lay.n_kv * lay.head_dim)
+            n = batch * widest.n_kv * max_len * widest.head_dim
+            self._fp32 = (torch.empty(n, device=device), torch.empty(n, device=device))
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
 
-    def _grow(self, need: int) -> None:
-        cap = min(self.max_len, max(need, 2 * self.valid.shape[1]))
-        extra = cap - self.valid.shape[1]
-
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([t, t.new_zeros(*t.shape[:2], extra, *t.shape[3:])], dim=2)
-
-        self.k = [pad(k) for k in self.k]
-        self.v = [pad(v) for v in self.v]
-        self.valid = torch.cat([self.valid, self.valid.new_zeros(len(self.valid), extra)], 1)
-
+    @torch.inference_mode()
     def select(self, keep: torch.Tensor) -> None:
-        """Keep only the batch rows ``keep`` (finished rows dropped)."""
-        self.k = [k.index_select(0, keep) for k in self.k]
-        self.v = [v.index_select(0, keep) for v in self.v]
+        """Keep only the batch rows ``keep`` (finished rows dropped): the kept rows are
+        moved to the front of the same buffers, one layer at a time (a transient of one
+        layer's kept rows, not a second cache), and the cache becomes a view of them."""
+        n, t = len(keep), self.length
+        for bufs in (self.k, self.v):
+            for i, buf in enumerate(bufs):
+                buf[:n, :, :t] = buf[:, :, :t].index_select(0, keep)
+                bufs[i] = buf[:n]
         self.valid = self.valid.index_select(0, keep)
+
+    def _read(self, i: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s keys and values at positions ``< end`` in fp32: views of an fp32
+        cache, or a copy of a half-precision one into the preallocated buffer."""
+        k, v = self.k[i][:, :, :end], self.v[i][:, :, :end]
+        if self._fp32 is None:
+            return k, v
+        n = k.numel()
+        return (self._fp32[0][:n].view(k.shape).copy_(k),
+                self._fp32[1][:n].view(v.shape).copy_(v))
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -167,8 +181,6 @@ class StaticDecoder:
         t = self.length
         if t + s > self.max_len:
             raise ValueError(f"static cache full: {t} + {s} > {self.max_len} positions")
-        if t + s > self.valid.shape[1]:
-            self._grow(t + s)
         dt = self.dtype
         x = F.embedding(tokens, self.embed).float()  # residual stream [B, S, d], fp32
         cos, sin = self.rotary(x, positions)  # [B, S, hd] fp32
@@ -196,9 +208,12 @@ class StaticDecoder:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, hd]
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k[i][:, :, t:end] = k
+            self.k[i][:, :, t:end] = k  # rounded to the cache's dtype
             self.v[i][:, :, t:end] = v
-            keys, vals = self.k[i][:, :, :end], self.v[i][:, :, :end]
+            if t == 0:  # nothing cached before: attend to the fp32 keys just computed
+                keys, vals = k, v
+            else:
+                keys, vals = self._read(i, end)
             if s == 1:
                 qg = q.reshape(b, nkv, nq // nkv, hd)  # query heads grouped by KV head
                 w = torch.softmax(torch.matmul(qg, keys.transpose(2, 3)) * lay.scaling + bias,

@@ -5,10 +5,13 @@ are a function of the prompt and of how often it was seen, not of the weights, t
 or the seed), so a 2-process run and a single-process run see the same batches and must
 reach the same parameters: 3 steps of ``grpo``, ``bupo`` (2 IPA steps, then the switch to
 the whole model), ``rhythm_coupled`` (the no-grad γ pass inside the root forward) and
-``reinforce_pp`` (batch-wide whitening). Also: bf16 compute keeps fp32 masters (a
-lr = 1e-6 run moves them), a run killed after its first checkpoint resumes to the same
-parameters and history, the consolidated model loads with ``from_pretrained``, and the
-training state resident per process is at most 0.55× the single-process one.
+``reinforce_pp`` (batch-wide whitening), and the engine gets the current weights at
+every step. Also: bf16 compute keeps fp32 masters (a lr = 1e-6 run moves them) and the
+blocks' attention receives bf16 hidden states; bf16 compute with activation
+checkpointing stays within bf16 rounding of one process with autocast; a run killed
+after its first checkpoint resumes to the same parameters and history, the consolidated
+model loads with ``from_pretrained``, and the training state resident per process is at
+most 0.55× the single-process one.
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ def toy_reward(p: countdown.Problem, text: str) -> float:
 
 class ScriptedEngine:
     """Responses that depend only on (prompt, occurrence, sample index): identical on any
-    number of processes. Records how often ``load_weights`` was called."""
+    number of processes. Records every ``load_weights`` call: how many tensors came and
+    the float64 sum of their absolute values (a checksum of the weights it was given)."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
         self.seen: Counter[str] = Counter()
-        self.loads = 0
+        self.loads: list[tuple[int, float]] = []
 
     def generate(self, prompts: list[str], sampling: Sampling) -> Samples:
         out = []
@@ -78,13 +82,35 @@ class ScriptedEngine:
         return Samples(out)
 
     def load_weights(self, named_tensors) -> None:
-        for _ in named_tensors:  # drain the collective gather
-            pass
-        self.loads += 1
+        n, total = 0, 0.0
+        for _, t in named_tensors:  # drain the collective gather
+            n += 1
+            total += float(t.double().abs().sum())
+        self.loads.append((n, total))
 
 
 def _model(tok):
     return build_model(SPEC, tok, seed=0).eval()
+
+
+def _checksum(model) -> tuple[int, float]:
+    """What :meth:`ScriptedEngine.load_weights` records for ``model``'s parameters."""
+    params = [p.detach() for _, p in model.named_parameters()]
+    return len(params), sum(float(p.double().abs().sum()) for p in params)
+
+
+def _attn_input_dtypes(model) -> set[str]:
+    """Filled while ``model`` runs: the dtypes of the hidden states that every block's
+    self-attention receives (a forward pre-hook; FSDP2 keeps hooks on submodules)."""
+    seen: set[str] = set()
+
+    def hook(module, args, kwargs):
+        h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        seen.add(str(h.dtype).removeprefix("torch."))
+
+    for block in model.model.layers:
+        block.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
 
 
 def _cfg(method: str, **kw) -> RLConfig:
@@ -94,13 +120,20 @@ def _cfg(method: str, **kw) -> RLConfig:
     return RLConfig(**{**base, **kw})
 
 
-def _run(method: str, out: Path, mode: str = "ddp", **kw) -> tuple[list, torch.nn.Module]:
+def _run(method: str, out: Path, mode: str = "ddp", **kw
+         ) -> tuple[list, torch.nn.Module, dict]:
+    """History (time keys dropped), the trained model, and what the run observed:
+    ``loads`` (the engine's :meth:`ScriptedEngine.load_weights` records) and
+    ``attn_dtypes`` (:func:`_attn_input_dtypes`)."""
     tok = build_char_tokenizer()
     model = _model(tok)
+    engine = ScriptedEngine(tok)
+    dtypes = _attn_input_dtypes(model)
     extra = {k: kw.pop(k) for k in ("on_step", "save_model") if k in kw}
     hist = train(model, tok, PROBLEMS, toy_reward, _cfg(method, **kw), prompt_fn=prompt_fn,
-                 out_dir=out, distributed_mode=mode, engine=ScriptedEngine(tok), **extra)
-    return [{k: v for k, v in h.items() if k not in TIME_KEYS} for h in hist], model
+                 out_dir=out, distributed_mode=mode, engine=engine, **extra)
+    seen = {"loads": engine.loads, "attn_dtypes": sorted(dtypes)}
+    return [{k: v for k, v in h.items() if k not in TIME_KEYS} for h in hist], model, seen
 
 
 def _fixed_batch(tok):
@@ -133,12 +166,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     out_p = Path(out)
     res: dict = {}
+    seen = res["seen"] = {}
     for method in PARITY:
-        res[method], _ = _run(method, out_p / method, "fsdp2")
+        res[method], _, seen[method] = _run(method, out_p / method, "fsdp2")
     # bf16 compute over fp32 masters: lr 1e-6 still moves the weights
-    res["bf16"], _ = _run("grpo", out_p / "bf16", "fsdp2", lr=1e-6, compute_dtype="bfloat16")
+    res["bf16"], _, seen["bf16"] = _run("grpo", out_p / "bf16", "fsdp2", lr=1e-6,
+                                        compute_dtype="bfloat16")
+    # bf16 compute + activation checkpointing at the default lr, against one process
+    res["bf16_ac"], _, seen["bf16_ac"] = _run("grpo", out_p / "bf16_ac", "fsdp2",
+                                              compute_dtype="bfloat16",
+                                              activation_checkpointing=True)
     # activation checkpointing: same parameters as without
-    res["ckpt"], _ = _run("grpo", out_p / "ac", "fsdp2", activation_checkpointing=True)
+    res["ckpt"], _, seen["ckpt"] = _run("grpo", out_p / "ac", "fsdp2",
+                                        activation_checkpointing=True)
 
     def kill(m):
         if m["step"] == 2:
@@ -148,7 +188,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         _run("bupo", out_p / "cut", "fsdp2", on_step=kill, save_model=False)
     except Killed:
         res["killed_at"] = load_checkpoint(out_p / "cut" / "checkpoint")["step"]
-    res["resumed"], _ = _run("bupo", out_p / "cut", "fsdp2")
+    res["resumed"], _, seen["resumed"] = _run("bupo", out_p / "cut", "fsdp2")
     # a NaN loss on process 1 only: both raise before FSDP2's backward collective
     tok = build_char_tokenizer()
     try:
@@ -182,6 +222,19 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _same_loads(got: list, ref: list, steps: int = 3) -> None:
+    """The engine got every parameter at every step, and the current weights each time:
+    one load per step, as many tensors as the single-process run pushed, the same
+    checksums (float rounding), the first one the initial model's, changing every step."""
+    init = _checksum(_model(build_char_tokenizer()))
+    assert len(got) == len(ref) == steps
+    assert [n for n, _ in got] == [n for n, _ in ref] == [init[0]] * steps
+    assert got[0][1] == pytest.approx(init[1], rel=1e-12)
+    for (_, a), (_, b) in zip(got, ref, strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert len({c for _, c in ref}) == steps  # the weights moved between steps
+
+
 def _same_history(got: list, ref: list) -> None:
     assert [h["step"] for h in got] == [h["step"] for h in ref]
     for g, r in zip(got, ref, strict=True):
@@ -196,7 +249,7 @@ def _same_history(got: list, ref: list) -> None:
 @pytest.mark.parametrize("method", PARITY)
 def test_fsdp2_matches_single_process(method, fsdp_runs, tmp_path):
     out, res = fsdp_runs
-    ref_hist, ref_model = _run(method, tmp_path / method)
+    ref_hist, ref_model, ref_seen = _run(method, tmp_path / method)
     ref = {k: v.detach() for k, v in ref_model.named_parameters()}
     got = _params(out / method / "model")  # the consolidated from_pretrained directory
     init = {k: v.detach() for k, v in _model(build_char_tokenizer()).named_parameters()}
@@ -207,6 +260,9 @@ def test_fsdp2_matches_single_process(method, fsdp_runs, tmp_path):
     assert diff <= 1e-5
     _same_history(res[0][method], ref_hist)
     assert res[0][method] == res[1][method]  # every process reports the whole batch
+    for r in range(WORLD):
+        _same_loads(res[r]["seen"][method]["loads"], ref_seen["loads"])
+        assert res[r]["seen"][method]["attn_dtypes"] == ["float32"]
     if method == "bupo":
         assert [h["phase"] for h in ref_hist] == ["ipa", "ipa", "grpo"]
 
@@ -214,6 +270,11 @@ def test_fsdp2_matches_single_process(method, fsdp_runs, tmp_path):
 @pytest.mark.slow
 def test_fsdp2_bf16_compute_keeps_fp32_masters(fsdp_runs):
     out, res = fsdp_runs
+    # the compute really is bf16: FSDP2 gathers each block in bf16 and casts its inputs,
+    # so the attention of every block sees bf16 hidden states (fp32 without the policy)
+    for r in range(WORLD):
+        assert res[r]["seen"]["bf16"]["attn_dtypes"] == ["bfloat16"]
+        assert len(res[r]["seen"]["bf16"]["loads"]) == 3
     got = _params(out / "bf16" / "model")
     init = {k: v.detach() for k, v in _model(build_char_tokenizer()).named_parameters()}
     assert all(v.dtype == torch.float32 for v in got.values())
@@ -227,11 +288,51 @@ def test_fsdp2_bf16_compute_keeps_fp32_masters(fsdp_runs):
 
 
 @pytest.mark.slow
+def test_fsdp2_bf16_checkpointed_matches_single_process(fsdp_runs, tmp_path):
+    """bf16 compute + activation checkpointing on 2 processes against one process with
+    ``compute_dtype: bfloat16`` (autocast; one process refuses checkpointing, which does
+    not change the update: test_fsdp2_activation_checkpointing_and_resume), same seeds and
+    scripted batches, 3 steps of 2 AdamW updates at lr 1e-3.
+
+    The two apply bf16 differently (FSDP2: bf16 weights, block inputs and norm outputs;
+    autocast: bf16 matmul inputs over an fp32 residual stream), so the gradients differ
+    by bf16 rounding. Measured (2 CPU processes, gloo): max |Δθ| = 2.0e-3 while the
+    largest change is 4.4e-3, ‖θ_2 − θ_1‖ / ‖θ_1 − θ_0‖ = 0.040, 2.3 % of the weights
+    differ by > 1e-4. The max is AdamW's: its early steps move a weight by ~lr whatever
+    the gradient's size, so a small gradient whose sign bf16 rounding flips moves that
+    weight by 2·lr = 2e-3 per step (one process in bf16 vs in fp32: 2.6e-3 too). Bounds:
+    max |Δθ| <= 4e-3 (two such flips) and the relative update difference <= 0.1 (2.5×
+    the measured; a lost or doubled micro-batch gradient gives ~0.5 and more)."""
+    out, res = fsdp_runs
+    _, ref_model, ref_seen = _run("grpo", tmp_path / "bf16", compute_dtype="bfloat16")
+    ref = {k: v.detach() for k, v in ref_model.named_parameters()}
+    got = _params(out / "bf16_ac" / "model")
+    init = {k: v.detach() for k, v in _model(build_char_tokenizer()).named_parameters()}
+    diff, moved = _max_diff(got, ref), _max_diff(ref, init)
+    rel = (sum(float((got[k] - ref[k]).norm()) ** 2 for k in got) ** 0.5
+           / sum(float((ref[k] - init[k]).norm()) ** 2 for k in got) ** 0.5)
+    print(f"fsdp2 bf16 + checkpointing vs one process bf16: max |Δθ| {diff:.3g} (largest "
+          f"change {moved:.3g}), relative update difference {rel:.3g}")
+    assert moved > 3e-3
+    assert diff <= 4e-3
+    assert rel <= 0.1
+    assert ref_seen["attn_dtypes"] == ["float32"]  # autocast: fp32 residual stream
+    for r in range(WORLD):
+        assert res[r]["seen"]["bf16_ac"]["attn_dtypes"] == ["bfloat16"]
+        loads = res[r]["seen"]["bf16_ac"]["loads"]
+        assert len(loads) == len(ref_seen["loads"]) == 3
+        assert loads[0][0] == ref_seen["loads"][0][0]  # every tensor, initial weights first
+        assert loads[0][1] == pytest.approx(ref_seen["loads"][0][1], rel=1e-12)
+
+
+@pytest.mark.slow
 def test_fsdp2_activation_checkpointing_and_resume(fsdp_runs):
     out, res = fsdp_runs
     assert _max_diff(_params(out / "ac" / "model"), _params(out / "grpo" / "model")) <= 1e-6
     assert res[0]["killed_at"] == 1
     assert res[0]["resumed"] == res[0]["bupo"]
+    assert len(res[0]["seen"]["resumed"]["loads"]) == 2  # steps 2 and 3 only
+    assert len(res[0]["seen"]["ckpt"]["loads"]) == 3
     assert _max_diff(_params(out / "cut" / "model"), _params(out / "bupo" / "model")) == 0.0
     state = load_checkpoint(out / "cut" / "checkpoint")
     assert state["world"] == WORLD and state["step"] == 3
