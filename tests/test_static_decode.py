@@ -113,8 +113,7 @@ def test_select_drops_rows_like_a_smaller_batch(dtype):
     model = MODELS["qwen3"]
     ids, mask = _batch(seed=2)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    full, part, last = (StaticDecoder(model, dtype=dtype), StaticDecoder(model, dtype=dtype),
-                        StaticDecoder(model, dtype=dtype))
+    full, part, last = (StaticDecoder(model, dtype=dtype, cache_dtype=dtype) for _ in range(3))
     full.reset(3, 10, "cpu")
     part.reset(2, 10, "cpu")
     last.reset(1, 10, "cpu")
@@ -141,7 +140,7 @@ def test_cache_allocated_once_in_the_sample_dtype(name):
     model = MODELS[name]
     ids, mask = _batch(seed=3)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    dec = StaticDecoder(model, dtype=torch.bfloat16)
+    dec = StaticDecoder(model, dtype=torch.bfloat16, cache_dtype=torch.bfloat16)
     dec.reset(3, 7 + 5, "cpu")
     hd = getattr(model.config, "head_dim", None) or 48 // 6
     bufs = dec.k + dec.v
@@ -173,7 +172,8 @@ def test_kv_cache_bytes_equal_the_memory_planner(name, sample_dtype):
     model = MODELS[name]
     shape = mp.shape_from_hf_config(model.config.to_dict())
     _, kv, _, _ = mp.sampling_phases(shape, 3, 7, 6, sample_dtype)
-    dec = StaticDecoder(model, dtype=getattr(torch, sample_dtype or "float32"))
+    dt = getattr(torch, sample_dtype or "float32")
+    dec = StaticDecoder(model, dtype=dt, cache_dtype=dt)  # as on a GPU (CPU default: fp32)
     dec.reset(3, 7 + 6, "cpu")
     assert (dec._fp32 is None) == (sample_dtype is None)
     bufs = dec.k + dec.v + list(dec._fp32 or ())
@@ -206,8 +206,8 @@ def test_bf16_cache_stays_close_to_fp32_cache(name):
     for seed in range(3):
         ids, mask = _batch(seed=seed)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        dec, ref = StaticDecoder(model, dtype=torch.bfloat16), StaticDecoder(
-            model, dtype=torch.bfloat16)
+        dec, ref = (StaticDecoder(model, dtype=torch.bfloat16, cache_dtype=torch.bfloat16)
+                    for _ in range(2))
         fp32 = StaticDecoder(model)
         for d in (dec, ref, fp32):
             d.reset(3, 7 + 12, "cpu")
@@ -225,6 +225,17 @@ def test_bf16_cache_stays_close_to_fp32_cache(name):
             a, b, c = (d.forward(nxt, last[:, None]).float() for d in (dec, ref, fp32))
         assert 0 < cache_err <= 0.06, (seed, cache_err)
         assert total_err <= 0.12, (seed, total_err)
+
+
+def test_cpu_default_cache_is_fp32_accelerator_default_is_the_sample_dtype(monkeypatch):
+    """Without cache_dtype the cache is fp32 on CPU (no native bf16 arithmetic there) and
+    the compute dtype elsewhere (checked by asking for a 'meta' device allocation)."""
+    model = MODELS["qwen3"]
+    dec = StaticDecoder(model, dtype=torch.bfloat16)
+    dec.reset(2, 9, "cpu")
+    assert dec.k[0].dtype == torch.float32 and dec._fp32 is None
+    dec.reset(2, 9, "meta")
+    assert dec.k[0].dtype == torch.bfloat16 and dec._fp32 is not None
 
 
 def test_unsupported_models_fall_back_to_transformers():
