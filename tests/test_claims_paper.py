@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_claims_stages import entropies, heads_table, noisy, tokens_table, write_depth
 
 from pipeline import paths
 from pipeline.attention.peaks import PEAK_RULES, peaks, top_count
@@ -21,7 +22,6 @@ from pipeline.claims.collect import collect, parse_families
 from pipeline.claims.registry import REGISTRY, annotate, spec_of
 from pipeline.claims.rhythm_table2 import table2_claims
 from pipeline.claims.rl import rl_claims
-from tests.test_claims_stages import entropies, heads_table, noisy, tokens_table, write_depth
 
 
 # ------------------------------------------------------------------ a full results tree

@@ -59,7 +59,9 @@ def _num(x: str) -> str:
 def run(args: argparse.Namespace) -> int:
     old, new = _read(args.old), _read(args.new)
     old = old.assign(claim_id=old["claim_id"].map(renamed))
-    m = old.merge(new, on=KEY, how="outer", suffixes=("_old", "_new"), indicator=True)
+    old = old.rename(columns={c: f"{c}_old" for c in old.columns if c not in KEY})
+    m = old.merge(new.rename(columns={c: f"{c}_new" for c in new.columns if c not in KEY}),
+                  on=KEY, how="outer", indicator=True)
     both = m[m["_merge"] == "both"]
     changed = both[both["verdict_old"] != both["verdict_new"]]
     print(f"{len(old)} old records, {len(new)} new; {len(both)} matched "
