@@ -187,7 +187,9 @@ def test_one_update_matches_single_process(method, optim, two_ranks):
         step = max(float((v - before[k]).abs().max()) for k, v in ref["params"].items())
         print(f"{method}/{optim} rank {r}: max |Δθ| vs single process = {diff:.3g} "
               f"(largest change {step:.3g})")
-        assert diff < (3e-6 if optim == "adamw" else 1e-6)
+        # AdamW: up to 1.4e-6 on one VM, 3.06e-6 (grpo) on another (2026-12-07): entries
+        # with |g| near eps move by a sign-like lr·g/(|g|+eps); a wrong sum moves by ~lr
+        assert diff < (1e-5 if optim == "adamw" else 1e-6)
         for k, v in ref["params"].items():
             if not torch.equal(v, before[k]):
                 moved.add(k)

@@ -114,6 +114,7 @@ class Rollout:
     finished: Tensor  # bool [N]
     group_size: int
     texts: list[str]
+    verify_timeouts: int = 0  # answers of this rollout past the verification budget (§5)
 
 
 def rollout(engine: RolloutEngine | nn.Module, tokenizer: PreTrainedTokenizerBase,
@@ -136,7 +137,9 @@ def rollout(engine: RolloutEngine | nn.Module, tokenizer: PreTrainedTokenizerBas
     batch = batch_from_table(table, tokenizer.pad_token_id, padding_side="right")
     if device is None:
         device = next(engine.model.parameters()).device  # type: ignore[attr-defined]
+    before = verify_timeouts()
     rewards = torch.tensor([float(reward_fn(items[g.prompt_index], g.text)) for g in gens])
+    timeouts = verify_timeouts() - before
     return Rollout(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
@@ -145,6 +148,7 @@ def rollout(engine: RolloutEngine | nn.Module, tokenizer: PreTrainedTokenizerBas
         lengths=torch.tensor([g.num_tokens for g in gens]),
         finished=torch.tensor([g.finished for g in gens]),
         group_size=cfg.group_size,
+        verify_timeouts=timeouts,
         texts=[g.text for g in gens],
     )
 
@@ -350,7 +354,7 @@ def step_metrics(ro: Rollout, prep: dict[str, Any], cfg: RLConfig, step: int,
         "finished_frac": float(finished.float().mean()),
         "entropy": mean(prep["entropy"], m),
         "adv_abs_mean": float(adv.abs().mean()),
-        "verify_timeouts": verify_timeouts(),  # answers past the budget so far (§5)
+        "verify_timeouts": ro.verify_timeouts,  # this process's answers past the budget
     }
     if cfg.uses_bupo:
         out["entropy_k"] = mean(prep["entropy_k"], m)
