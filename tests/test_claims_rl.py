@@ -24,6 +24,14 @@ def _write(root, what, rows):
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+def _write_evaluations(root, vals):
+    """compare/evaluations.csv: avg@8 per method (key) and seed (list index), countdown."""
+    _write(root, "evaluations", [
+        dict(model="m", method=method, seed=seed, benchmark="countdown", task="countdown",
+             metric="avg@8", value=v, ci_lo=0, ci_hi=1, n_problems=10)
+        for method, vs in vals.items() for seed, v in enumerate(vs)])
+
+
 def _diff_row(method, metric, diff, lo, hi, n=3, baseline="grpo"):
     return dict(model="m", benchmark="countdown", metric=metric, method=method,
                 baseline=baseline, n_pairs=n, diff=diff, ci_lo=lo, ci_hi=hi,
@@ -121,15 +129,9 @@ def test_ipa_claims_t_interval_matches_scipy(tmp_path):
 
 
 def test_bupo_vs_rivals_and_control_order(tmp_path):
-    rows = []
-    vals = {"bupo": [0.5, 0.6, 0.7], "rloo": [0.4, 0.5, 0.6], "reinforce_pp": [0.5, 0.62, 0.7],
-            "credit_entropy": [0.3, 0.4, 0.5], "credit_random": [0.2, 0.31, 0.39]}
-    for method, vs in vals.items():
-        for seed, v in enumerate(vs):
-            rows.append(dict(model="m", method=method, seed=seed, benchmark="countdown",
-                             task="countdown", metric="avg@8", value=v, ci_lo=0, ci_hi=1,
-                             n_problems=10))
-    _write(tmp_path, "evaluations", rows)
+    _write_evaluations(tmp_path, {
+        "bupo": [0.5, 0.6, 0.7], "rloo": [0.4, 0.5, 0.6], "reinforce_pp": [0.5, 0.62, 0.7],
+        "credit_entropy": [0.3, 0.4, 0.5], "credit_random": [0.2, 0.31, 0.39]})
     recs = {r.claim_id: r for r in credit_order(tmp_path)}
     assert recs["rl.bupo_vs.rloo.countdown"].verdict == "holds"
     assert recs["rl.bupo_vs.reinforce_pp.countdown"].verdict == "inconclusive"
@@ -138,15 +140,9 @@ def test_bupo_vs_rivals_and_control_order(tmp_path):
 
 
 def test_credit_order_paired_by_seed(tmp_path):
-    rows = []
-    vals = {"rhythm_coupled": [0.5, 0.6, 0.7], "rhythm_local": [0.4, 0.5, 0.6],
-            "credit_random": [0.5, 0.61, 0.69]}
-    for method, vs in vals.items():
-        for seed, v in enumerate(vs):
-            rows.append(dict(model="m", method=method, seed=seed, benchmark="countdown",
-                             task="countdown", metric="avg@8", value=v, ci_lo=0, ci_hi=1,
-                             n_problems=10))
-    _write(tmp_path, "evaluations", rows)
+    _write_evaluations(tmp_path, {"rhythm_coupled": [0.5, 0.6, 0.7],
+                                  "rhythm_local": [0.4, 0.5, 0.6],
+                                  "credit_random": [0.5, 0.61, 0.69]})
     recs = {r.claim_id: r for r in credit_order(tmp_path)}
     local = recs["rl.credit.coupled_vs_rhythm_local.countdown"]
     assert local.verdict == "holds" and local.value == pytest.approx(0.1)

@@ -88,38 +88,34 @@ def check_masks(input_ids: Tensor, response_mask: Tensor, attention_mask: Tensor
         raise ValueError("attention_mask must be one contiguous run per row (left/right padding)")
 
 
-def _groups(d: Tensor, frac: float, scope: str, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Bottom / top ``frac`` heads by distance, per sequence (and per layer if asked)."""
-    b, n_layers, h = d.shape
-    flat = d.reshape(b, 1, n_layers * h) if scope == "pooled" else d
-    loc = torch.zeros_like(flat, dtype=torch.bool)
-    glob = torch.zeros_like(flat, dtype=torch.bool)
-    n = top_count(frac, flat.shape[-1])
-    for i in range(b):
-        if not valid[i]:
-            continue
-        for j in range(flat.shape[1]):
-            up = torch.sort(flat[i, j], stable=True).indices[:n]
-            down = torch.sort(flat[i, j], descending=True, stable=True).indices[:n]
-            loc[i, j, up] = True
-            glob[i, j, down] = True
-    return loc.reshape(b, n_layers, h), glob.reshape(b, n_layers, h)
-
-
-def _receivers(score: Tensor, frac: float, scope: str, valid: Tensor) -> Tensor:
-    """Top ``frac`` heads by receiver score (NaN last, ties → lower index), per sequence
-    (and per layer if asked), as :func:`_groups`."""
+def _top_heads(score: Tensor, frac: float, scope: str, valid: Tensor, *,
+               descending: bool) -> Tensor:
+    """The ``top_count(frac)`` heads with the largest (``descending``) or smallest scores,
+    per sequence (and per layer with ``scope="per_layer"``); stable sort, so ties go to the
+    lower index; sequences not ``valid`` get none."""
     b, n_layers, h = score.shape
     flat = score.reshape(b, 1, n_layers * h) if scope == "pooled" else score
-    flat = torch.where(flat.isnan(), -torch.inf, flat)
     out = torch.zeros_like(flat, dtype=torch.bool)
     n = top_count(frac, flat.shape[-1])
     for i in range(b):
         if not valid[i]:
             continue
         for j in range(flat.shape[1]):
-            out[i, j, torch.sort(flat[i, j], descending=True, stable=True).indices[:n]] = True
+            out[i, j, torch.sort(flat[i, j], descending=descending, stable=True).indices[:n]] = True
     return out.reshape(b, n_layers, h)
+
+
+def _groups(d: Tensor, frac: float, scope: str, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Bottom / top ``frac`` heads by distance, per sequence (and per layer if asked)."""
+    return (_top_heads(d, frac, scope, valid, descending=False),
+            _top_heads(d, frac, scope, valid, descending=True))
+
+
+def _receivers(score: Tensor, frac: float, scope: str, valid: Tensor) -> Tensor:
+    """Top ``frac`` heads by receiver score (NaN last, ties → lower index), as
+    :func:`_groups`."""
+    return _top_heads(torch.where(score.isnan(), -torch.inf, score), frac, scope, valid,
+                      descending=True)
 
 
 def rhythm(

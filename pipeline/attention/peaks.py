@@ -5,18 +5,13 @@ attention-rhythm paper's Table 2 statistics need and do not specify. The primary
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from pipeline.attention.rhythm import top_count  # §3.6's count rule, shared
 
 PEAK_RULES = ("mad", "top10", "top20")
 PRIMARY_RULE = "mad"
 _TOP = {"top10": 0.1, "top20": 0.2}
-
-
-def top_count(frac: float, n: int) -> int:
-    """``round(frac · n)`` rounded half up, at least 1 when n > 0, at most n (§3.6)."""
-    return 0 if n <= 0 else min(n, max(1, math.floor(frac * n + 0.5)))
 
 
 def peaks(x: np.ndarray, rule: str = PRIMARY_RULE) -> np.ndarray:

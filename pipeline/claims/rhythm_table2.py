@@ -32,11 +32,11 @@ def _responses(tokens: pd.DataFrame) -> list[pd.DataFrame]:
     return [g for _, g in tokens.sort_values(["sample", "position"]).groupby("sample")]
 
 
-def entropy_units(tokens: pd.DataFrame, rule: str) -> np.ndarray:
-    """Per response ``[Σ entropy at WAAD peaks, #peaks, Σ entropy, #tokens]`` (tokens with
-    a finite entropy)."""
+def entropy_units(responses: list[pd.DataFrame], rule: str) -> np.ndarray:
+    """Per response (:func:`_responses`) ``[Σ entropy at WAAD peaks, #peaks, Σ entropy,
+    #tokens]`` (tokens with a finite entropy)."""
     rows = []
-    for g in _responses(tokens):
+    for g in responses:
         ent = g["entropy"].to_numpy(dtype=float)
         ok = np.isfinite(ent)
         pk = peaks(g["waad"].to_numpy(dtype=float), rule) & ok
@@ -44,14 +44,14 @@ def entropy_units(tokens: pd.DataFrame, rule: str) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(-1, 4)
 
 
-def cooccur_units(tokens: pd.DataFrame, rule: str, *, source: str, target: str,
+def cooccur_units(responses: list[pd.DataFrame], rule: str, *, source: str, target: str,
                   back: int) -> np.ndarray:
     """Per response ``[hits, expected, #source peaks]``: source peaks t with a target peak
     in ``[t − back, t]``, and their expectation ``m · h / n`` for ``m`` source peaks placed
     uniformly at random among the ``n`` tokens, ``h`` of which have a target peak in their
     window."""
     rows = []
-    for g in _responses(tokens):
+    for g in responses:
         src = peaks(g[source].to_numpy(dtype=float), rule)
         hit = within(peaks(g[target].to_numpy(dtype=float), rule), back)
         n, m = len(g), int(src.sum())
@@ -105,8 +105,9 @@ def table2_claims(tokens: pd.DataFrame, *, run: str, model: str, k: int = 3,
     """The three Table 2 statistics of one run under every rule of ``PEAK_RULES`` (§9.7)."""
     out: list[ClaimRecord] = []
     recs: dict[str, ClaimRecord] = {}
+    responses = _responses(tokens)  # one sort and split, shared by every statistic and rule
     for rule in PEAK_RULES:
-        u = entropy_units(tokens, rule)
+        u = entropy_units(responses, rule)
         note = ""
         if len(u) and u[:, 1].sum() > 0:
             note = (f"mean entropy {u[:, 0].sum() / u[:, 1].sum():.4g} at WAAD peaks vs "
@@ -133,7 +134,7 @@ def table2_claims(tokens: pd.DataFrame, *, run: str, model: str, k: int = 3,
                     criterion=Greater(1.0), values=None, figure=fig,
                     reason=f"tokens.parquet has no {src} column (rerun the attention stage)")
                 continue
-            u = cooccur_units(tokens, rule, source=src, target=tgt, back=back)
+            u = cooccur_units(responses, rule, source=src, target=tgt, back=back)
             note = ""
             if len(u) and u[:, 2].sum() > 0:
                 note = (f"{100 * u[:, 0].sum() / u[:, 2].sum():.2f} % observed vs "
