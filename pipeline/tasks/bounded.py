@@ -33,7 +33,7 @@ def _serve(conn: Connection) -> None:
         if msg is None:
             return
         answer, gold = msg
-        conn.send(bool(_verify_symbolic(answer, gold, None)))
+        conn.send(bool(_verify_symbolic(answer, gold)))
 
 
 class _Worker:
