@@ -25,7 +25,9 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +213,17 @@ def load_sharded(ckpt_dir: Path, state: dict[str, Any], *, model: torch.nn.Modul
     for name, p in model.named_parameters():
         if name not in keep:
             optimizer.state.pop(p, None)
+
+
+def set_aside(ckpt_dir: Path, changes: list[str], dist: Any) -> None:
+    """A checkpoint of another config is moved (never deleted) to
+    ``checkpoint.stale-<UTC time>`` beside it, with a line in the log; training then starts
+    at step 1 (docs/methods.md §2.4). Process 0 moves it; every process waits (``dist``:
+    the trainer's :class:`pipeline.rl.distributed.Dist`)."""
+    if dist.main:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{stamp}")
+        ckpt_dir.rename(stale)
+        print(f"rl: checkpoint config differs in {changes}: moved {ckpt_dir} to {stale}; "
+              "training starts at step 1", file=sys.stderr, flush=True)
+    dist.barrier()

@@ -25,7 +25,6 @@ import contextlib
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pipeline.rl.checkpoint import (
     load_sharded,
     save_checkpoint,
     save_sharded,
+    set_aside,
     set_rng_states,
 )
 from pipeline.rl.config import RLConfig
@@ -375,19 +375,6 @@ def config_changes(saved: dict[str, Any], cfg: RLConfig) -> list[str]:
     now = cfg.to_dict()
     return sorted(k for k in set(saved) | set(now)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-
-
-def set_aside(ckpt_dir: Path, changes: list[str], dist: Dist) -> None:
-    """A checkpoint of another config is moved (never deleted) to
-    ``checkpoint.stale-<UTC time>`` beside it, with a line in the log; training then starts
-    at step 1 (docs/methods.md §2.4). Process 0 moves it; every process waits."""
-    if dist.main:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        stale = ckpt_dir.with_name(f"{ckpt_dir.name}.stale-{stamp}")
-        ckpt_dir.rename(stale)
-        print(f"rl: checkpoint config differs in {changes}: moved {ckpt_dir} to {stale}; "
-              "training starts at step 1", file=sys.stderr, flush=True)
-    dist.barrier()
 
 
 def _reseed(seed: int, rank: int, step: int) -> None:
