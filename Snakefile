@@ -1,6 +1,6 @@
 # reasoning-inside: one DAG from model provisioning to the report.
 # Usage: snakemake --cores all [--configfile config/smoke.yaml]   (see README)
-from pipeline.config import validate
+from pipeline.validation import check_config_files, validate
 from pipeline.workflow import export_env
 
 from snakemake.utils import min_version
@@ -13,8 +13,13 @@ min_version("9.0")
 # two and mix the default's models into every other experiment.
 if not config:
     raise ValueError("no config: pass --configfile config/<experiment>.yaml")
+if workflow.is_main_process:
+    # Snakemake's YAML reader keeps the last of two duplicate keys silently: read the files
+    # again, strictly (a syntax error never gets here: Snakemake stops on it first, see
+    # `reasoning-inside check-config`, which names the file, line and column)
+    check_config_files(workflow.overwrite_configfiles)
 # fills defaults; a bad key stops here with its key path (cross-key checks only in the
-# main process: a cluster job's own Snakemake skips them, they import torch)
+# main process: a cluster job's own Snakemake skips them, the main process checked them)
 validate(config, semantics=workflow.is_main_process)
 export_env(config)  # tracking URI, MLflow experiment, config hash for every job
 # planner.gpu_mem_gb set: stop before any job starts when a GPU job's estimated peak

@@ -103,7 +103,7 @@ def test_load_errors(tmp_path):
         cfg.load(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiment: [unclosed\n")
-    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+    with pytest.raises(cfg.ConfigError, match=r"bad.yaml:2:1: invalid YAML"):
         cfg.load(bad)
     with pytest.raises(cfg.ConfigError, match="expected a mapping"):
         cfg.validate(["not", "a", "dict"])

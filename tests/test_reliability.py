@@ -41,7 +41,11 @@ FAULTS = [  # (key path to set, value, the key path the error must name, words i
      "tasks.countdown.splits", "does not match"),
     ("mlflow.tracking_uri", "file:///tmp/mlruns", "mlflow.tracking_uri", "file store"),
     ("rl.trainer.temperature", 0, "rl.trainer.temperature", "identical rollouts"),
-    ("rl.trainer.lr", "fast", "rl.trainer", "lr"),
+    ("rl.trainer.lr", "fast", "rl.trainer.lr", "not of type 'number'"),
+    ("rl.trainer.lrr", 1e-4, "rl.trainer", "'lrr' was unexpected"),
+    ("rl.trainer.seed", 3, "rl.trainer.seed", "set by the DAG"),
+    ("rl.trainer.group_size", 0, "rl.trainer.group_size", "less than the minimum of 1"),
+    ("rl.trainer.updates_per_batch", 3, "rl.trainer", "does not split"),
 ]
 
 
@@ -51,6 +55,42 @@ def test_fault_is_one_line_naming_the_key(path, value, where, words) -> None:
         cfg.validate(_set(SMOKE, path, value))
     msg = str(exc.value)
     assert "\n" not in msg and f"config error at {where}" in msg and words in msg, msg
+
+
+YAML_FAULTS = [  # (file text, words the one line must say after "config error: <file>:")
+    ("results_dir: r\nmodels:\n  a: [1, 2\nseeds: 1\n", ":4:6: invalid YAML: while parsing "
+     "a flow sequence expected ',' or ']'"),
+    ("seeds: [1]\nexperiment: x\nseeds: [2]\n", ":3: duplicate key 'seeds' (first at line 1)"),
+    ("models:\n  m: {source: builtin}\n  m: {source: hub}\n",
+     ":3: duplicate key 'm' (first at line 2)"),
+    ("a:\n\tb: 1\n", ":2:1: invalid YAML: while scanning for the next token found "
+     "character '\\t'"),
+]
+
+
+@pytest.mark.parametrize("text, words", YAML_FAULTS, ids=["syntax", "dup", "dup-model", "tab"])
+def test_yaml_fault_names_file_line_and_column(tmp_path: Path, text: str, words: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(cfg.ConfigError) as exc:
+        cfg.load(f)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"config error: {f}{words}"), msg
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    """``reasoning-inside check-config``: ok per good file, one error line and exit 1 for a
+    bad one (the Snakefile cannot see a syntax error: Snakemake stops on it first)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(YAML_FAULTS[0][0])
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**SMOKE, "results_dir": str(tmp_path / "r")}))
+    res = subprocess.run([sys.executable, "-m", "pipeline", "check-config", str(good),
+                          str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1 and res.stdout == f"ok {good}\n", res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: check-config: ConfigError: config error: {bad}{YAML_FAULTS[0][1]}"), lines
 
 
 @pytest.mark.parametrize("path, text, want", [
@@ -88,12 +128,21 @@ def test_results_dir_must_be_writable(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dry_run_stops_before_any_job_and_writes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["path", "duplicate"])
+def test_dry_run_stops_before_any_job_and_writes_nothing(tmp_path: Path, kind: str) -> None:
     """Through Snakemake: the one line reaches the user, no job starts, no file is written
-    (the split name would have made countdown_data write outside results/)."""
+    (the split name would have made countdown_data write outside results/; Snakemake's own
+    YAML reader lets the last of two duplicate keys win, the Snakefile reads it again)."""
     bad = _set(SMOKE, "tasks.countdown.splits", {"train": 50, "test": 10, "../../../x": 5})
     conf = tmp_path / "bad.yaml"
     conf.write_text(yaml.safe_dump(bad))
+    expected = "config error at tasks.countdown.splits"
+    if kind == "duplicate":
+        conf.write_text(yaml.safe_dump(SMOKE) + "seeds: [0]\n")
+        first = next(i for i, line in enumerate(conf.read_text().splitlines(), 1)
+                     if line.startswith("seeds:"))
+        expected = f"config error: {conf}:{len(conf.read_text().splitlines())}: duplicate " \
+                   f"key 'seeds' (first at line {first})"
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -102,7 +151,7 @@ def test_dry_run_stops_before_any_job_and_writes_nothing(tmp_path: Path) -> None
          "--directory", str(work), "--configfile", str(conf), "--cores", "1"],
         capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode != 0
-    assert "config error at tasks.countdown.splits" in res.stderr + res.stdout
+    assert expected in res.stderr + res.stdout
     assert "rule countdown_data" not in res.stdout + res.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p != conf]
     assert [p for p in written if ".snakemake" not in p.parts] == []

@@ -202,3 +202,26 @@ def test_logs_params_and_step_metrics(char_tokenizer, tmp_path):
     assert {"reward_mean", "entropy_k", "cos_kL", "clip_frac", "ipa", "step_time"} <= set(
         run.logged[0][1])
     assert all(isinstance(v, float) for _, m in run.logged for v in m.values())
+
+
+def test_trains_with_numbers_written_as_yaml_strings(char_tokenizer, tmp_path):
+    """``lr: 1e-4`` is a string to PyYAML (YAML 1.1 floats need a dot); the validated config
+    reads it as the number, and the trainer takes the section as it is (issue 25)."""
+    import yaml
+
+    from pipeline.validation import validate
+
+    text = ("experiment: x\nmodels: {m: {source: builtin, arch: qwen3}}\n"
+            "rl: {models: [m], methods: [grpo], evaluate: [], trainer: {lr: 1e-4, steps: '2', "
+            "prompts_per_step: 4, group_size: 4, max_new_tokens: 20, betas: ['0.9', 9.9e-1]}}\n")
+    raw = yaml.safe_load(text)
+    assert raw["rl"]["trainer"]["lr"] == "1e-4"  # what PyYAML gives
+    trainer = validate(raw)["rl"]["trainer"]
+    assert trainer["lr"] == 1e-4 and trainer["steps"] == 2 and trainer["betas"] == [0.9, 0.99]
+    model = _model(char_tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    hist = train(model, char_tokenizer, PROBLEMS, toy_reward,
+                 RLConfig.from_dict({**trainer, "seed": 0}), prompt_fn=prompt_fn,
+                 out_dir=tmp_path)
+    assert [h["step"] for h in hist] == [1, 2]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

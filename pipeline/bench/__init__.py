@@ -15,4 +15,5 @@ BENCHMARKS: dict[str, str] = {
     "fsdp": "pipeline.bench.fsdp",
     "gpu_check": "pipeline.bench.gpu_check",
     "claims_diff": "pipeline.bench.claims_diff",
+    "noop": "pipeline.bench.noop",
 }

@@ -1,4 +1,10 @@
-"""``plan``: the GPU memory planner (:mod:`pipeline.memory_plan`) on a config file.
+"""Config tools: ``check-config`` (every check the Snakefile makes before a job, on config
+files) and ``plan``, the GPU memory planner (:mod:`pipeline.memory_plan`) on a config file.
+
+    reasoning-inside check-config config/smoke.yaml
+
+prints ``ok`` per file, or one ``error:`` line naming the file, line and column of a YAML
+error, a duplicate key with both lines, or the key path of a bad value (exit 1).
 
     reasoning-inside plan --configfile config/paper-qwen3-8b.yaml --gpus 8 --gpu-mem 80
 
@@ -12,6 +18,23 @@ import argparse
 import sys
 
 from pipeline.commands.common import arg, stage
+
+
+@stage(
+    "check-config",
+    arg("configfiles", nargs="+", metavar="CONFIGFILE", help="experiment config (YAML)"),
+)
+def check_config(ns: argparse.Namespace) -> None:
+    """Validate config files as the Snakefile does before any job (syntax, keys, values)."""
+    from pipeline.config import check_writable, read_yaml
+    from pipeline.memory_plan import check_memory
+    from pipeline.validation import validate
+
+    for path in ns.configfiles:
+        config = validate(read_yaml(path) or {})
+        check_writable(config["results_dir"])
+        check_memory(config)
+        print(f"ok {path}")
 
 
 @stage(
@@ -29,19 +52,14 @@ from pipeline.commands.common import arg, stage
 )
 def plan(ns: argparse.Namespace) -> None:
     """Estimate the peak GPU memory of every GPU job of a config (exit 1 if one does not fit)."""
-    import yaml
-
-    from pipeline.config import ConfigError, validate
+    from pipeline.config import read_yaml
     from pipeline.memory_plan import PlanError, check, format_table, override
     from pipeline.memory_plan import plan as make_plan
+    from pipeline.validation import validate
 
     if ns.gpus < 1 or ns.gpu_mem <= 0:
         raise ValueError("plan: --gpus must be >= 1 and --gpu-mem > 0")
-    try:
-        with open(ns.configfile) as f:
-            config = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config error: {ns.configfile} is not valid YAML: {exc}") from None
+    config = read_yaml(ns.configfile) or {}
     for item in ns.overrides:
         override(config, item)
     validate(config)

@@ -26,10 +26,9 @@ Public API::
 """
 
 # Lazy (PEP 562): importing pipeline.depth, or a light submodule such as
-# pipeline.depth.spec (what pipeline.config and the workflow import while Snakemake parses
+# pipeline.depth.spec (what pipeline.validation and the workflow import while Snakemake parses
 # the DAG), does not import torch; each public name loads its module on first use.
-import importlib
-from typing import Any
+from pipeline.lazy import lazy_exports
 
 _MODULES: dict[str, tuple[str, ...]] = {
     "lens": ("ALIGNMENTS", "TunedLens"),
@@ -50,18 +49,4 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "readout": ("Readout", "capture_hidden", "last_positions", "pad_token_ids"),
     "tuned": ("pack_texts", "per_layer_kl", "train_tuned_lens"),
 }
-_WHERE = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -19,35 +19,18 @@ Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.bupo` (π^k, phases, old log-p
 :mod:`.rollout_engine` (what samples the rollouts).
 """
 
-from pipeline.rl.bupo import internal_token_logprobs
-from pipeline.rl.config import METHODS, RLConfig
-from pipeline.rl.credit import credit_gamma, token_advantages
-from pipeline.rl.logprobs import PolicyStats, policy_stats, token_logprobs
-from pipeline.rl.losses import (
-    LossStats,
-    group_advantages,
-    policy_loss,
-    policy_loss_stats,
-    reinforce_pp_advantages,
-    rloo_advantages,
-)
-from pipeline.rl.trainer import task_fns, train
+# Lazy (PEP 562): importing pipeline.rl.config (what the workflow's validation reads while
+# Snakemake parses the DAG) must not import torch or transformers through this package;
+# each public name loads its module on first use.
+from pipeline.lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "LossStats",
-    "PolicyStats",
-    "RLConfig",
-    "credit_gamma",
-    "group_advantages",
-    "internal_token_logprobs",
-    "policy_loss",
-    "policy_loss_stats",
-    "policy_stats",
-    "reinforce_pp_advantages",
-    "rloo_advantages",
-    "task_fns",
-    "token_advantages",
-    "token_logprobs",
-    "train",
-]
+_MODULES: dict[str, tuple[str, ...]] = {
+    "bupo": ("internal_token_logprobs",),
+    "config": ("METHODS", "RLConfig"),
+    "credit": ("credit_gamma", "token_advantages"),
+    "logprobs": ("PolicyStats", "policy_stats", "token_logprobs"),
+    "losses": ("LossStats", "group_advantages", "policy_loss", "policy_loss_stats",
+               "reinforce_pp_advantages", "rloo_advantages"),
+    "trainer": ("task_fns", "train"),
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULES)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+Check = Callable[[str, str], bool]
 DEFAULT_BUDGET_S = 2.0
 _STARTUP_S = 60.0
 _LOCK = threading.Lock()
@@ -23,26 +25,25 @@ _WORKER: _Worker | None = None
 _TIMEOUTS = 0
 
 
-def _serve(conn: Connection) -> None:
-    """Worker loop: ``(answer, gold)`` in, bool out; ``None`` stops it."""
-    from pipeline.tasks.math import _verify_symbolic
-
+def _serve(conn: Connection, check: Check) -> None:
+    """Worker loop: ``(answer, gold)`` in, ``check(answer, gold)`` out; ``None`` stops it."""
     conn.send("ready")
     while True:
         msg = conn.recv()
         if msg is None:
             return
         answer, gold = msg
-        conn.send(bool(_verify_symbolic(answer, gold)))
+        conn.send(bool(check(answer, gold)))
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, check: Check) -> None:
         import math_verify  # noqa: F401 - imported once in the parent, inherited by forks
 
+        self.check = check
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True,
+        self.proc = ctx.Process(target=_serve, args=(child, check), daemon=True,
                                 name="math-verify")
         self.proc.start()
         child.close()
@@ -65,14 +66,18 @@ class _Worker:
         self.conn.close()
 
 
-def verify_bounded(answer: str, gold: str, budget_s: float = DEFAULT_BUDGET_S) -> bool:
-    """math-verify's verdict on ``answer`` against ``gold`` within ``budget_s`` seconds of
-    wall clock, else False (counted by :func:`timeouts`). Thread-safe (one worker per
-    process, used under a lock)."""
+def verify_bounded(check: Check, answer: str, gold: str,
+                   budget_s: float = DEFAULT_BUDGET_S) -> bool:
+    """``check(answer, gold)`` (math-verify's verdict: the fork inherits the function, so it
+    is not pickled) within ``budget_s`` seconds of wall clock, else False (counted by
+    :func:`timeouts`). Thread-safe (one worker per process, used under a lock)."""
     global _WORKER, _TIMEOUTS
     with _LOCK:
+        if _WORKER is not None and _WORKER.check is not check:
+            _WORKER.kill()
+            _WORKER = None
         if _WORKER is None or not _WORKER.alive():
-            _WORKER = _Worker()
+            _WORKER = _Worker(check)
         try:
             got = _WORKER.ask(answer, gold, budget_s)
         except (EOFError, OSError, BrokenPipeError):  # the worker died: count as wrong

@@ -257,4 +257,4 @@ def verify(response: str, gold: str, *, mode: str = "symbolic",
         return normalize_answer(answer) == normalize_answer(gold)
     if timeout_s is None or timeout_s <= 0:
         return _verify_symbolic(answer, gold)
-    return verify_bounded(answer, gold, float(timeout_s))
+    return verify_bounded(_verify_symbolic, answer, gold, float(timeout_s))
