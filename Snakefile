@@ -1,5 +1,6 @@
 # reasoning-inside: one DAG from model provisioning to the report.
 # Usage: snakemake --cores all [--configfile config/smoke.yaml]   (see README)
+from pipeline.settings import Config
 from pipeline.validation import check_config_files, validate
 from pipeline.workflow import export_env
 
@@ -21,16 +22,17 @@ if workflow.is_main_process:
 # fills defaults; a bad key stops here with its key path (cross-key checks only in the
 # main process: a cluster job's own Snakemake skips them, the main process checked them)
 validate(config, semantics=workflow.is_main_process)
-export_env(config)  # tracking URI, MLflow experiment, config hash for every job
+CFG = Config.of(config)  # the typed tree (pipeline.settings) the rules read
+export_env(CFG)  # tracking URI, MLflow experiment, config hash for every job
 # planner.gpu_mem_gb set: stop before any job starts when a GPU job's estimated peak
 # memory per GPU exceeds it (pipeline.memory_plan; `reasoning-inside plan` prints the table)
 if workflow.is_main_process:
     from pipeline.config import check_writable
     from pipeline.memory_plan import check_memory
 
-    check_writable(config["results_dir"])
+    check_writable(CFG.results_dir)
 
-    check_memory(config)
+    check_memory(CFG)
 
 
 include: "workflow/rules/common.smk"

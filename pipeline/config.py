@@ -149,12 +149,13 @@ def cache_dir(configured: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "reasoning-inside"
 
 
-def is_builtin(model: Mapping[str, Any]) -> bool:
-    """Whether a model (its ``models.<name>`` entry) is a builtin tiny model, decided by
-    its ``source`` alone: builtin models are provisioned by SFT on the Countdown train
-    split, sampled with the builtin response settings and prompt format, and analysed on
-    their own Countdown text."""
-    return model["source"] == "builtin"
+def is_builtin(model: Any) -> bool:
+    """Whether a model (its ``models.<name>`` entry, a mapping or its typed section) is a
+    builtin tiny model, decided by its ``source`` alone: builtin models are provisioned by
+    SFT on the Countdown train split, sampled with the builtin response settings and
+    prompt format, and analysed on their own Countdown text."""
+    source = model["source"] if isinstance(model, Mapping) else model.source
+    return source == "builtin"
 
 
 def resolve_prompt_style(style: str, source: str) -> str:

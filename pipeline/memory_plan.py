@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.settings import BuiltinModel, Config, HubModel, Model, model_of
+
 GiB = 2**30
 #: The char tokenizer's vocabulary (:func:`pipeline.models.tokenizer.build_char_tokenizer`;
 #: a test keeps them equal without importing transformers here).
@@ -169,7 +171,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         return json.load(f)
 
 
-def model_shape(section: Mapping[str, Any], *, name: str | None = None,
+def model_shape(section: Model | Mapping[str, Any], *, name: str | None = None,
                 model_dir: str | os.PathLike[str] | None = None) -> ModelShape:
     """The shape of a ``models.<name>`` entry, without downloading anything.
 
@@ -179,27 +181,23 @@ def model_shape(section: Mapping[str, Any], *, name: str | None = None,
     (``huggingface_hub.try_to_load_from_cache``); :data:`KNOWN_SHAPES` by ``repo_id``
     (gguf: ``package``).
     Nothing found: a one-line ``ValueError`` naming the model and where it looked."""
-    label = name or section.get("repo_id") or section.get("path") or "model"
-    if section["source"] == "builtin":
-        heads = int(section.get("num_heads", 4))
-        hidden = int(section.get("hidden_size", 128))
-        qwen3 = section["arch"] == "qwen3"
+    m = model_of(section)  # a partial entry is completed with the schema's defaults
+    label = name or getattr(m, "repo_id", None) or getattr(m, "path", None) or "model"
+    if isinstance(m, BuiltinModel):
         return ModelShape(
-            vocab=BUILTIN_VOCAB, hidden=hidden, layers=int(section.get("num_layers", 4)),
-            heads=heads, kv_heads=int(section.get("num_kv_heads", 2)),
-            head_dim=int(section.get("head_dim") or hidden // heads),
-            intermediate=int(section.get("intermediate_size", 384)),
-            tied=bool(section.get("tie_word_embeddings", True)),
-            model_type=section["arch"], qk_norm=qwen3)
+            vocab=BUILTIN_VOCAB, hidden=m.hidden_size, layers=m.num_layers,
+            heads=m.num_heads, kv_heads=m.num_kv_heads,
+            head_dim=m.head_dim or m.hidden_size // m.num_heads,
+            intermediate=m.intermediate_size, tied=m.tie_word_embeddings,
+            model_type=m.arch, qk_norm=m.arch == "qwen3")
     looked = []
     if model_dir is not None:
         path = Path(model_dir) / "config.json"
         if path.is_file():
             return shape_from_hf_config(_read_config(path), f"model {label}: {path}")
         looked.append(f"no {path}")
-    if section["source"] == "hub":
-        repo, rev = section["repo_id"], section.get("revision")
-        cache = section.get("cache_dir")
+    if isinstance(m, HubModel):
+        repo, rev, cache = m.repo_id, m.revision, m.cache_dir
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -209,12 +207,12 @@ def model_shape(section: Mapping[str, Any], *, name: str | None = None,
         if isinstance(hit, str) and Path(hit).is_file():
             return shape_from_hf_config(_read_config(Path(hit)), f"model {label}: {hit}")
         looked.append(f"not in the Hugging Face cache ({cache or 'default'}) at {rev}")
-    key = section.get("repo_id") or section.get("package")
+    key = m.repo_id if isinstance(m, HubModel) else m.package
     if key in KNOWN_SHAPES:
         return KNOWN_SHAPES[key]
     looked.append(f"{key or 'a local gguf'} not in pipeline.memory_plan.KNOWN_SHAPES "
                   "(provision the model first)")
-    raise ValueError(f"plan: shape of model {label} ({section['source']}) unknown: "
+    raise ValueError(f"plan: shape of model {label} ({m.source}) unknown: "
                      f"{'; '.join(looked) or 'nothing to read'}")
 
 
@@ -563,17 +561,17 @@ def override(config: dict[str, Any], item: str) -> dict[str, Any]:
     return config
 
 
-def _count(config: Mapping[str, Any], spec: Mapping[str, Any], n_key: str) -> int | None:
-    """Items a sampling spec covers, when the config says (n_problems / n_prompts, or a
-    Countdown split's size); None when only the data knows."""
-    if spec.get(n_key):
-        return int(spec[n_key])
-    if spec.get("task") == "countdown":
-        return config["tasks"]["countdown"]["splits"].get(spec.get("split", "test"))
+def _count(c: Config, n: int | None, task: str, split: str) -> int | None:
+    """Items a sampling spec covers, when the config says (``n``: its n_problems /
+    n_prompts, or a Countdown split's size); None when only the data knows."""
+    if n:
+        return n
+    if task == "countdown":
+        return c.tasks.countdown.splits.get(split)
     return None
 
 
-def _depth_estimate(config: Mapping[str, Any], shape: ModelShape, name: str, gpus: int,
+def _depth_estimate(c: Config, shape: ModelShape, name: str, gpus: int,
                     gpu_mem_gb: float, prompt_tokens: int) -> JobEstimate:
     """depth: batch_size prompts of prompt_tokens, and with a tuned lens its training
     (:func:`pipeline.depth.train_tuned_lens`): L translators of d² + d parameters, the
@@ -581,14 +579,13 @@ def _depth_estimate(config: Mapping[str, Any], shape: ModelShape, name: str, gpu
     ⌊4096 / seq_len⌋ windows (≥ 1)."""
     from pipeline.depth.spec import resolve_spec
 
-    spec = resolve_spec(config["analysis"]["depth"])
-    tuned = spec["tuned"]
-    seq = int(tuned["seq_len"])
+    depth = resolve_spec(c.analysis.depth)
+    seq = int(depth["tuned"]["seq_len"])
     tokens = max(1, 4096 // seq) * seq
-    has_lens = "tuned" in spec["lenses"]
+    has_lens = "tuned" in depth["lenses"]
     lens = shape.layers * (shape.hidden ** 2 + shape.hidden) if has_lens else 0
     capture = 4 * (shape.layers + 1) * shape.hidden * tokens if has_lens else 0
-    batch, length = int(spec["batch_size"]), prompt_tokens
+    batch, length = int(depth["batch_size"]), prompt_tokens
     if has_lens and tokens > batch * length:
         batch, length = max(1, tokens // seq), seq
     return forward_estimate(shape, job=f"depth[{name}]", rule="depth", model=name,
@@ -596,7 +593,7 @@ def _depth_estimate(config: Mapping[str, Any], shape: ModelShape, name: str, gpu
                             extra=capture, lens=lens)
 
 
-def plan(config: dict[str, Any], *, gpus: int | None = None, gpu_mem_gb: float,
+def plan(config: Config | dict[str, Any], *, gpus: int | None = None, gpu_mem_gb: float,
          prompt_tokens: int | None = None, skip_unknown: bool = False) -> list[JobEstimate]:
     """Estimates of every GPU job of a validated config (:func:`pipeline.config.validate`),
     one per distinct (rule, model[, benchmark]): seeds and RL methods do not change the
@@ -611,15 +608,15 @@ def plan(config: dict[str, Any], *, gpus: int | None = None, gpu_mem_gb: float,
     from pipeline import paths
     from pipeline import workflow as pw
 
-    planner = config.get("planner") or {}
-    prompt = int(prompt_tokens or planner.get("prompt_tokens") or PROMPT_TOKENS)
-    root = paths.root(config)
+    c = Config.of(config)
+    prompt = int(prompt_tokens or c.planner.prompt_tokens or PROMPT_TOKENS)
+    root = paths.root(c)
     shapes: dict[str, ModelShape | None] = {}
 
     def known(name: str) -> bool:
         if name not in shapes:
             try:
-                shapes[name] = model_shape(config["models"][name], name=name,
+                shapes[name] = model_shape(c.models[name], name=name,
                                            model_dir=paths.model_dir(root, name))
             except ValueError as exc:
                 if not skip_unknown:
@@ -632,77 +629,78 @@ def plan(config: dict[str, Any], *, gpus: int | None = None, gpu_mem_gb: float,
         return shapes[name]  # type: ignore[return-value]
 
     def cap(rule: str) -> int:
-        g = int(pw.rule_resources(config, rule).get("gpu", 0))
+        g = int(pw.rule_resources(c, rule).gpu or 0)
         return min(g, gpus) if gpus else g
 
     out: list[JobEstimate] = []
     common = {"gpu_mem_gb": gpu_mem_gb, "prompt_tokens": prompt}
-    rl = config["rl"]
-    rl_jobs = bool(rl["models"] and rl["methods"])
-    if rl_jobs and cap("train") > 0:
-        for m in filter(known, rl["models"]):
-            out.append(train_estimate(shape(m), rl["trainer"], model=m, processes=cap("train"),
-                                      distributed=pw.train_mode(config), gpus=cap("train"),
-                                      **common))
-    benches = config["evaluation"]["benchmarks"]
-    eval_jobs = [("evaluate", m, b) for b in benches for m in pw.benchmark_models(config, b)]
-    if rl_jobs:
-        eval_jobs += [("evaluate_trained", m, b) for m in rl["models"] for b in rl["evaluate"]]
+    rl = c.rl
+    if rl.enabled and cap("train") > 0:
+        for m in filter(known, rl.models):
+            out.append(train_estimate(shape(m), rl.trainer.to_dict(), model=m,
+                                      processes=cap("train"), distributed=pw.train_mode(c),
+                                      gpus=cap("train"), **common))
+    benches = c.evaluation.benchmarks
+    eval_jobs = [("evaluate", m, b) for b in benches for m in pw.benchmark_models(c, b)]
+    if rl.enabled:
+        eval_jobs += [("evaluate_trained", m, b) for m in rl.models for b in rl.evaluate]
     for rule, m, b in eval_jobs:
         if cap(rule) <= 0 or not known(m):
             continue
-        spec = benches[b]
+        bench = benches[b]
         job = f"{rule}[{m},{b}]"
-        if spec["task"] == "mmlu":
-            length = prompt * (int(spec["shots"]) + 1)
+        if bench.task == "mmlu":
+            length = prompt * (bench.shots + 1)
             out.append(forward_estimate(shape(m), job=job, rule=rule, model=m,
-                                        batch=int(spec["batch_size"]), seq_len=length,
+                                        batch=bench.batch_size, seq_len=length,
                                         gpus=1, gpu_mem_gb=gpu_mem_gb, logits=0))
             continue
-        items = _count(config, spec, "n_problems")
-        batch = int(spec["batch_size"])
+        items = _count(c, bench.n_problems, bench.task, bench.split)
+        batch = bench.batch_size
         if items is not None:
-            batch = min(batch, items * max(1, int(spec["n_samples"])))
+            batch = min(batch, items * max(1, bench.n_samples))
         out.append(sampling_estimate(shape(m), job=job, rule=rule, model=m, batch=batch,
-                                     max_new_tokens=int(spec["max_new_tokens"]),
-                                     sample_dtype=spec["sample_dtype"], gpus=1, **common))
-    analysed = pw.analysis_models(config)
-    trained = rl["models"] if rl_jobs else []
+                                     max_new_tokens=bench.max_new_tokens,
+                                     sample_dtype=bench.sample_dtype, gpus=1, **common))
+    analysed = pw.analysis_models(c)
+    trained = rl.models if rl.enabled else []
     for m in analysed:
         if not any(cap(r) > 0 for r in ("responses", "decomposition", "attention", "depth",
                                          "decomposition_trained", "attention_trained")):
             break
         if not known(m):
             continue
-        spec = pw.responses_spec(config, m)
-        length = prompt + int(spec["max_new_tokens"])
+        resp = pw.responses_spec(c, m)
+        length = prompt + resp.max_new_tokens
         if cap("responses") > 0:
-            items = _count(config, spec, "n_prompts")
-            batch = int(spec["batch_size"])
+            items = _count(c, resp.n_prompts, resp.task, resp.split)
+            batch = resp.batch_size
             if items is not None:
-                batch = min(batch, items * int(spec["n_samples"]))
+                batch = min(batch, items * resp.n_samples)
             out.append(sampling_estimate(shape(m), job=f"responses[{m}]", rule="responses",
                                          model=m, batch=batch,
-                                         max_new_tokens=int(spec["max_new_tokens"]),
-                                         sample_dtype=spec["sample_dtype"], gpus=1, **common))
+                                         max_new_tokens=resp.max_new_tokens,
+                                         sample_dtype=resp.sample_dtype, gpus=1, **common))
         for rule in ("decomposition", "attention"):
             keys = [rule] + ([f"{rule}_trained"] if m in trained
-                             and rule in config["comparison"]["before_after"] else [])
+                             and rule in c.comparison.before_after else [])
             for key in keys:
                 if cap(key) <= 0:
                     continue
-                batch = int(config["analysis"][rule]["batch_size"])
+                section = c.analysis.attention if rule == "attention" \
+                    else c.analysis.decomposition
+                batch = section.batch_size
                 s = shape(m)
                 extra = 0
                 if rule == "attention":  # q and k of the chosen blocks (5 by default)
-                    layers = config["analysis"]["attention"]["layers"]
+                    layers = c.analysis.attention.layers
                     n_layers = s.layers if layers == "all" else len(layers or range(5))
                     extra = 4 * batch * length * (s.q_dim + s.kv_dim) * n_layers
                 out.append(forward_estimate(s, job=f"{key}[{m}]", rule=key, model=m,
                                             batch=batch, seq_len=length, gpus=1,
                                             gpu_mem_gb=gpu_mem_gb, extra=extra))
         if cap("depth") > 0:
-            out.append(_depth_estimate(config, shape(m), m, 1, gpu_mem_gb, prompt))
+            out.append(_depth_estimate(c, shape(m), m, 1, gpu_mem_gb, prompt))
     return out
 
 
@@ -748,15 +746,15 @@ def check(estimates: list[JobEstimate]) -> None:
                             f"{short:.1f} GiB")
 
 
-def check_memory(config: dict[str, Any]) -> list[JobEstimate] | None:
+def check_memory(config: Config | dict[str, Any]) -> list[JobEstimate] | None:
     """DAG-start check: with ``planner.gpu_mem_gb`` set, plan the validated config
     (``planner.gpus`` caps the train processes) and raise :class:`PlanError` when a job
     does not fit; None (nothing checked) when no GPU size is configured. Models whose
     shape cannot be read yet (e.g. a GGUF not provisioned) are skipped with a warning."""
-    planner = config.get("planner") or {}
-    if not planner.get("gpu_mem_gb"):
+    c = Config.of(config)
+    if not c.planner.gpu_mem_gb:
         return None
-    estimates = plan(config, gpus=planner.get("gpus"), gpu_mem_gb=float(planner["gpu_mem_gb"]),
-                     prompt_tokens=planner.get("prompt_tokens"), skip_unknown=True)
+    estimates = plan(c, gpus=c.planner.gpus, gpu_mem_gb=float(c.planner.gpu_mem_gb),
+                     prompt_tokens=c.planner.prompt_tokens, skip_unknown=True)
     check(estimates)
     return estimates

@@ -21,6 +21,7 @@ Imports nothing heavy: the Snakefile imports it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,12 @@ CLAIMS = {"csv": "claims.csv", "parquet": "claims.parquet", "figure": "claims.pn
           "html": "claims.html"}
 
 
-def root(config: dict[str, Any]) -> str:
-    """``<results_dir>/<experiment>``: every output of an experiment lives below it."""
-    return str(Path(config["results_dir"]) / config["experiment"])
+def root(config: Any) -> str:
+    """``<results_dir>/<experiment>``: every output of an experiment lives below it
+    (``config``: the validated mapping or :class:`pipeline.settings.Config`)."""
+    if isinstance(config, Mapping):
+        return str(Path(config["results_dir"]) / config["experiment"])
+    return str(Path(config.results_dir) / config.experiment)
 
 
 # --------------------------------------------------------------------------- runs

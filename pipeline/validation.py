@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, is_builtin, read_yaml, validate_schema
+from pipeline.config import ConfigError, read_yaml, validate_schema
 from pipeline.depth.spec import resolve_spec
 from pipeline.memory_plan import model_shape
 from pipeline.rl.config import RLConfig
+from pipeline.settings import Benchmark, BuiltinModel, Config, GgufModel, Model
 from pipeline.tracking import resolve_tracking_uri
 
 #: ``rl.trainer`` keys the DAG sets itself (from ``rl.methods``, ``seeds``, ``rl.bupo_layer``).
@@ -53,125 +54,117 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def _check_semantics(config: dict[str, Any]) -> None:
-    """Constraints a JSON schema cannot express."""
-    for name, spec in config["models"].items():
-        at = f"config error at models.{name}"
-        if spec["source"] == "gguf":
-            local, wheel = "path" in spec, "package" in spec
-            missing = [k for k in ("file", "sha256") if k not in spec]
-            if local == wheel or (wheel and missing):
-                raise ConfigError(f"{at}: a gguf model needs either `path` or `package` + "
-                                  f"`file` + `sha256`, not both"
-                                  + (f" (missing {', '.join(missing)})" if missing else ""))
-        if not is_builtin(spec):
-            continue
-        if spec["head_dim"] is None and spec["hidden_size"] % spec["num_heads"]:
-            raise ConfigError(f"{at}.num_heads: {spec['num_heads']} does not divide "
-                              f"hidden_size {spec['hidden_size']} (or set head_dim)")
-        if spec["num_heads"] % spec["num_kv_heads"]:
-            raise ConfigError(f"{at}.num_kv_heads: {spec['num_kv_heads']} does not divide "
-                              f"num_heads {spec['num_heads']}")
-    cd = config["tasks"]["countdown"]
+    """Constraints a JSON schema cannot express, over the typed tree."""
+    c = Config.of(config)
+    for name, model in c.models.items():
+        _check_model(name, model)
+    cd = c.tasks.countdown
     for lo, hi in (("min_number", "max_number"), ("min_target", "max_target")):
-        if cd[lo] > cd[hi]:
-            raise ConfigError(f"config error at tasks.countdown.{lo}: {cd[lo]} > {hi} {cd[hi]}")
-    rl = config["rl"]
-    if rl["distributed"] == "fsdp":
+        if getattr(cd, lo) > getattr(cd, hi):
+            raise ConfigError(f"config error at tasks.countdown.{lo}: {getattr(cd, lo)} > "
+                              f"{hi} {getattr(cd, hi)}")
+    rl = c.rl
+    if rl.distributed == "fsdp":
         raise ConfigError("config error at rl.distributed: 'fsdp' is now 'fsdp2' (the trainer "
                           "shards with FSDP2 itself)")
-    if unknown := [m for m in rl["models"] if m not in config["models"]]:
+    if unknown := [m for m in rl.models if m not in c.models]:
         raise ConfigError(f"config error at rl.models: unknown models {unknown}")
-    if rl["task"] == "math" and not (rl["dataset"] or rl["path"]):
+    if rl.task == "math" and not (rl.dataset or rl.path):
         raise ConfigError("config error at rl.dataset: task math needs a dataset or a path")
-    if rl["models"] and rl["methods"]:
-        benches = config["evaluation"]["benchmarks"]
-        if unknown := [b for b in rl["evaluate"] if b not in benches]:
+    if rl.enabled:
+        if unknown := [b for b in rl.evaluate if b not in c.evaluation.benchmarks]:
             raise ConfigError(f"config error at rl.evaluate: unknown benchmarks {unknown}")
         try:
-            RLConfig.from_dict({**rl["trainer"], "bupo_layer": 1})
+            trainer = RLConfig.from_dict({**rl.trainer.to_dict(), "bupo_layer": 1})
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"config error at rl.trainer: {exc}") from None
+        if rl.task == "countdown" and rl.split not in cd.splits:
+            raise ConfigError(f"config error at rl.split: {rl.split!r} is not a split of "
+                              f"tasks.countdown.splits {sorted(cd.splits)}")
+        if trainer.temperature == 0 and trainer.group_size > 1:
+            raise ConfigError("config error at rl.trainer.temperature: 0 (greedy) gives a "
+                              "group identical rollouts, so every advantage is 0")
     try:
-        resolve_spec(config["analysis"]["depth"])
+        resolve_spec(c.analysis.depth)
     except ValueError as exc:
         raise ConfigError(f"config error at analysis.depth: {exc}") from None
-    am = config["analysis"]["models"]
-    if am != "all" and (unknown := [m for m in am if m not in config["models"]]):
-        raise ConfigError(f"config error at analysis.models: unknown models {unknown}; "
-                          f"known: {sorted(config['models'])}")
-    for bname, bench in config["evaluation"]["benchmarks"].items():
-        at = f"config error at evaluation.benchmarks.{bname}"
-        if bench["models"] != "all":
-            unknown = [m for m in bench["models"] if m not in config["models"]]
-            if unknown:
-                raise ConfigError(f"{at}.models: unknown models {unknown}; "
-                                  f"known: {sorted(config['models'])}")
-        if bench["task"] == "countdown" and bench["split"] not in cd["splits"]:
-            raise ConfigError(f"{at}.split: {bench['split']!r} is not a split of "
-                              f"tasks.countdown.splits {sorted(cd['splits'])}")
-        if bench["task"] in ("math", "mmlu") and not (bench["dataset"] or bench["path"]):
-            raise ConfigError(f"{at}.dataset: a {bench['task']} benchmark needs a dataset")
-        too_big = [k for k in bench["k"] if k > bench["n_samples"]]
-        if too_big and bench["task"] != "mmlu":
-            raise ConfigError(f"{at}.k: {too_big} exceed n_samples {bench['n_samples']}")
-        if bench["task"] != "mmlu" and bench["temperature"] == 0 and bench["n_samples"] > 1:
-            raise ConfigError(f"{at}.temperature: 0 (greedy) makes the {bench['n_samples']} "
-                              "samples identical, so avg@n / pass@k would not be samples; "
-                              "set temperature > 0 or n_samples: 1")
-    _check_rl_split(config)
-    _check_layers(config)
-    _check_tracking(config)
+    for where, chosen in (("analysis.models", c.analysis.models),
+                          *((f"evaluation.benchmarks.{b}.models", bench.models)
+                            for b, bench in c.evaluation.benchmarks.items())):
+        if unknown := [m for m in c.model_names(chosen) if m not in c.models]:
+            raise ConfigError(f"config error at {where}: unknown models {unknown}; "
+                              f"known: {sorted(c.models)}")
+    for name, bench in c.evaluation.benchmarks.items():
+        _check_benchmark(f"config error at evaluation.benchmarks.{name}", bench, cd.splits)
+    _check_layers(c)
+    try:
+        resolve_tracking_uri(c.mlflow.tracking_uri, c.results_dir)
+    except ValueError as exc:
+        raise ConfigError(f"config error at mlflow.tracking_uri: {exc}") from None
 
 
-def _check_rl_split(config: dict[str, Any]) -> None:
-    rl, splits = config["rl"], config["tasks"]["countdown"]["splits"]
-    if rl["models"] and rl["methods"] and rl["task"] == "countdown" \
-            and rl["split"] not in splits:
-        raise ConfigError(f"config error at rl.split: {rl['split']!r} is not a split of "
+def _check_model(name: str, model: Model) -> None:
+    at = f"config error at models.{name}"
+    if isinstance(model, GgufModel):
+        local, wheel = model.path is not None, model.package is not None
+        missing = [k for k in ("file", "sha256") if getattr(model, k) is None]
+        if local == wheel or (wheel and missing):
+            raise ConfigError(f"{at}: a gguf model needs either `path` or `package` + "
+                              f"`file` + `sha256`, not both"
+                              + (f" (missing {', '.join(missing)})" if missing else ""))
+    if not isinstance(model, BuiltinModel):
+        return
+    if model.head_dim is None and model.hidden_size % model.num_heads:
+        raise ConfigError(f"{at}.num_heads: {model.num_heads} does not divide "
+                          f"hidden_size {model.hidden_size} (or set head_dim)")
+    if model.num_heads % model.num_kv_heads:
+        raise ConfigError(f"{at}.num_kv_heads: {model.num_kv_heads} does not divide "
+                          f"num_heads {model.num_heads}")
+
+
+def _check_benchmark(at: str, bench: Benchmark, splits: dict[str, int]) -> None:
+    if bench.task == "countdown" and bench.split not in splits:
+        raise ConfigError(f"{at}.split: {bench.split!r} is not a split of "
                           f"tasks.countdown.splits {sorted(splits)}")
-    tr = rl["trainer"]
-    if rl["models"] and rl["methods"] and tr.get("temperature", 1.0) == 0 \
-            and tr.get("group_size", 2) > 1:
-        raise ConfigError("config error at rl.trainer.temperature: 0 (greedy) gives a group "
-                          "identical rollouts, so every advantage is 0")
+    if bench.task in ("math", "mmlu") and not (bench.dataset or bench.path):
+        raise ConfigError(f"{at}.dataset: a {bench.task} benchmark needs a dataset")
+    if bench.task == "mmlu":
+        return
+    if too_big := [k for k in bench.k if k > bench.n_samples]:
+        raise ConfigError(f"{at}.k: {too_big} exceed n_samples {bench.n_samples}")
+    if bench.temperature == 0 and bench.n_samples > 1:
+        raise ConfigError(f"{at}.temperature: 0 (greedy) makes the {bench.n_samples} "
+                          "samples identical, so avg@n / pass@k would not be samples; "
+                          "set temperature > 0 or n_samples: 1")
 
 
-def _layers_of(config: dict[str, Any], model: str) -> int | None:
+def _layers_of(c: Config, model: str) -> int | None:
     """Blocks of a model when known without a download (builtin sizes, a local or cached
     config.json, the planner's table), else None (checked when the job runs)."""
     try:
-        return model_shape(config["models"][model], name=model).layers
+        return model_shape(c.models[model], name=model).layers
     except (ValueError, KeyError, OSError):
         return None
 
 
-def _check_layers(config: dict[str, Any]) -> None:
+def _check_layers(c: Config) -> None:
     """Layer indices against every model they apply to (1-based k ≤ L; 0-based < L)."""
-    rl, am = config["rl"], config["analysis"]["models"]
-    analysed = list(config["models"]) if am == "all" else list(am)
-    k = rl["bupo_layer"]
-    if rl["methods"] and any(m.startswith("bupo") for m in rl["methods"]) \
-            and isinstance(k, int):
-        for m in rl["models"]:
-            n = _layers_of(config, m)
+    rl, k = c.rl, c.rl.bupo_layer
+    if any(m.startswith("bupo") for m in rl.methods) and isinstance(k, int):
+        for m in rl.models:
+            n = _layers_of(c, m)
             if n is not None and k > n:
                 raise ConfigError(f"config error at rl.bupo_layer: {k} > the {n} blocks of "
                                   f"{m} (k is 1-based, 1..{n})")
+    rhythm = rl.trainer.rhythm
     for where, layers, models in (
-            ("analysis.attention.layers", config["analysis"]["attention"]["layers"], analysed),
-            ("rl.trainer.rhythm.layers", (rl["trainer"].get("rhythm") or {}).get("layers"),
-             rl["models"])):
+            ("analysis.attention.layers", c.analysis.attention.layers,
+             c.model_names(c.analysis.models)),
+            ("rl.trainer.rhythm.layers", rhythm.layers if rhythm else None, rl.models)):
         if not isinstance(layers, list):
             continue
         for m in models:
-            n = _layers_of(config, m)
-            if n is not None and (bad := [x for x in layers if not 0 <= int(x) < n]):
+            n = _layers_of(c, m)
+            if n is not None and (bad := [x for x in layers if not 0 <= x < n]):
                 raise ConfigError(f"config error at {where}: {bad} outside the {n} blocks of "
                                   f"{m} (0-based, 0..{n - 1})")
-
-
-def _check_tracking(config: dict[str, Any]) -> None:
-    try:
-        resolve_tracking_uri(config["mlflow"]["tracking_uri"], config["results_dir"])
-    except ValueError as exc:
-        raise ConfigError(f"config error at mlflow.tracking_uri: {exc}") from None

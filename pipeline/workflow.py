@@ -12,16 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.config import CACHE_ENV, canonical_json, is_builtin
+from pipeline.config import CACHE_ENV, canonical_json
 from pipeline.config import cache_dir as resolve_cache_dir
+from pipeline.settings import Config, Responses, RuleResources, Section
 from pipeline.tracking import TRACKING_URI_ENV, config_hash, resolve_tracking_uri
+
+#: The config as the Snakefile's ``config`` (a validated mapping) or its typed tree
+#: (:class:`pipeline.settings.Config`); every helper takes either.
+AnyConfig = Config | dict[str, Any]
 
 EXPERIMENT_ENV = "PIPELINE_MLFLOW_EXPERIMENT"
 CONFIG_HASH_ENV = "PIPELINE_CONFIG_HASH"
 
 
-def tracking_uri(config: dict[str, Any]) -> str:
-    return resolve_tracking_uri(config["mlflow"]["tracking_uri"], config["results_dir"])
+def tracking_uri(config: AnyConfig) -> str:
+    c = Config.of(config)
+    return resolve_tracking_uri(c.mlflow.tracking_uri, c.results_dir)
 
 
 def alternatives(names: list[str]) -> str:
@@ -30,20 +36,22 @@ def alternatives(names: list[str]) -> str:
 
 
 def spec(obj: Any) -> str:
-    """A config slice as canonical JSON (stable → no spurious reruns)."""
-    return canonical_json(obj)
+    """A config slice (a typed section or a mapping) as canonical JSON (stable → no
+    spurious reruns): the ``--spec`` a rule passes."""
+    return canonical_json(obj.to_dict() if isinstance(obj, Section) else obj)
 
 
-def export_env(config: dict[str, Any]) -> None:
+def export_env(config: AnyConfig) -> None:
     """Environment every job inherits: tracking URI, MLflow experiment, config hash.
     They travel outside the rules' params so that changing them triggers no rerun."""
-    os.environ[TRACKING_URI_ENV] = tracking_uri(config)
-    os.environ[EXPERIMENT_ENV] = config["mlflow"]["experiment_name"]
-    os.environ[CONFIG_HASH_ENV] = config_hash(config)
-    os.environ[CACHE_ENV] = cache_dir(config)
+    c = Config.of(config)
+    os.environ[TRACKING_URI_ENV] = tracking_uri(c)
+    os.environ[EXPERIMENT_ENV] = c.mlflow.experiment_name
+    os.environ[CONFIG_HASH_ENV] = config_hash(c.to_dict())
+    os.environ[CACHE_ENV] = cache_dir(c)
 
 
-def job(config: dict[str, Any], rule: str, wildcards: Any = None) -> str:
+def job(config: AnyConfig, rule: str, wildcards: Any = None) -> str:
     """The MLflow job description a rule passes as ``--job`` (rule and wildcards). A
     ``run`` wildcard (:mod:`pipeline.paths`) of a base model becomes ``model``; that of a
     trained checkpoint stays, with its ``model`` and ``method`` added (MLflow tags)."""
@@ -56,56 +64,57 @@ def job(config: dict[str, Any], rule: str, wildcards: Any = None) -> str:
     return canonical_json({"rule": rule, "wildcards": wc})
 
 
-def run_source(config: dict[str, Any], run: str) -> str:
+def run_source(config: AnyConfig, run: str) -> str:
     """The ``source`` of a run's base model (builtin, gguf, hub)."""
-    return config["models"][paths.parse_run(run)[0]]["source"]
+    return Config.of(config).models[paths.parse_run(run)[0]].source
 
 
-def provision_inputs(config: dict[str, Any], root_dir: str, model: str) -> list[str]:
+def provision_inputs(config: AnyConfig, root_dir: str, model: str) -> list[str]:
     """Builtin models train on the Countdown train split; other sources need no input."""
-    if is_builtin(config["models"][model]):
+    if Config.of(config).models[model].source == "builtin":
         return [paths.countdown_data(root_dir, "train")]
     return []
 
 
-def cache_dir(config: dict[str, Any]) -> str:
+def cache_dir(config: AnyConfig) -> str:
     """Download cache: config ``cache_dir`` > $PIPELINE_CACHE > ~/.cache/reasoning-inside
     (:func:`pipeline.config.cache_dir`)."""
-    return str(resolve_cache_dir(config["cache_dir"]))
+    return str(resolve_cache_dir(Config.of(config).cache_dir))
 
 
-def benchmark_models(config: dict[str, Any], benchmark: str) -> list[str]:
-    models = config["evaluation"]["benchmarks"][benchmark]["models"]
-    return list(config["models"]) if models == "all" else list(models)
+def benchmark_models(config: AnyConfig, benchmark: str) -> list[str]:
+    c = Config.of(config)
+    return c.model_names(c.evaluation.benchmarks[benchmark].models)
 
 
-def evaluation_seeds(config: dict[str, Any], model: str, benchmark: str) -> list[int]:
+def evaluation_seeds(config: AnyConfig, model: str, benchmark: str) -> list[int]:
     """Seeds a base model is evaluated with: every seed where its trained checkpoints are
     evaluated on this benchmark (the comparison pairs base and trained runs by seed), else
     the first seed only (another sampling seed would repeat the work for no comparison)."""
-    rl = config["rl"]
-    if model in rl["models"] and rl["methods"] and benchmark in rl["evaluate"]:
-        return list(config["seeds"])
-    return list(config["seeds"][:1])
+    c = Config.of(config)
+    if model in c.rl.models and c.rl.methods and benchmark in c.rl.evaluate:
+        return list(c.seeds)
+    return list(c.seeds[:1])
 
 
-def evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
+def evaluation_targets(config: AnyConfig, root_dir: str) -> list[str]:
     """Every (model, benchmark, seed) evaluation summary the config asks for."""
+    c = Config.of(config)
     return [
         paths.evaluation(root_dir, "summary", m, b, s)
-        for b in config["evaluation"]["benchmarks"]
-        for m in benchmark_models(config, b)
-        for s in evaluation_seeds(config, m, b)
+        for b in c.evaluation.benchmarks
+        for m in benchmark_models(c, b)
+        for s in evaluation_seeds(c, m, b)
     ]
 
 
-def evaluation_inputs(config: dict[str, Any], root_dir: str, run: str,
+def evaluation_inputs(config: AnyConfig, root_dir: str, run: str,
                       benchmark: str) -> dict[str, str]:
     """The weights of the run (base model or trained checkpoint) and the benchmark's data."""
-    bench = config["evaluation"]["benchmarks"][benchmark]
+    bench = Config.of(config).evaluation.benchmarks[benchmark]
     inputs = {"model": paths.run_model_dir(root_dir, run)}
-    if bench["task"] == "countdown":
-        inputs["data"] = paths.countdown_data(root_dir, bench["split"])
+    if bench.task == "countdown":
+        inputs["data"] = paths.countdown_data(root_dir, bench.split)
     return inputs
 
 
@@ -117,46 +126,47 @@ def analysis_inputs(root_dir: str, run: str) -> dict[str, str]:
             "responses": paths.responses(root_dir, paths.parse_run(run)[0])}
 
 
-def analysis_models(config: dict[str, Any]) -> list[str]:
-    models = config["analysis"]["models"]
-    return list(config["models"]) if models == "all" else list(models)
+def analysis_models(config: AnyConfig) -> list[str]:
+    c = Config.of(config)
+    return c.model_names(c.analysis.models)
 
 
-def responses_spec(config: dict[str, Any], model: str) -> dict[str, Any]:
+def responses_spec(config: AnyConfig, model: str) -> Responses:
     """The response-sampling settings of a model (builtin vs pretrained)."""
-    kind = "builtin" if is_builtin(config["models"][model]) else "pretrained"
-    return config["analysis"]["responses"][kind]
+    c = Config.of(config)
+    responses = c.analysis.responses
+    return responses.builtin if c.models[model].source == "builtin" else responses.pretrained
 
 
-def responses_inputs(config: dict[str, Any], root_dir: str, model: str) -> dict[str, str]:
+def responses_inputs(config: AnyConfig, root_dir: str, model: str) -> dict[str, str]:
     spec = responses_spec(config, model)
     inputs = {"model": paths.model_dir(root_dir, model)}
-    if spec["task"] == "countdown":
-        inputs["data"] = paths.countdown_data(root_dir, spec["split"])
+    if spec.task == "countdown":
+        inputs["data"] = paths.countdown_data(root_dir, spec.split)
     return inputs
 
 
-def rl_runs(config: dict[str, Any]) -> list[tuple[str, str, int]]:
+def rl_runs(config: AnyConfig) -> list[tuple[str, str, int]]:
     """(model, method, seed) of every RL job."""
-    rl = config["rl"]
-    return [(m, meth, s) for m in rl["models"] for meth in rl["methods"]
-            for s in config["seeds"]]
+    c = Config.of(config)
+    return [(m, meth, s) for m in c.rl.models for meth in c.rl.methods for s in c.seeds]
 
 
-def rl_inputs(config: dict[str, Any], root_dir: str, model: str, method: str) -> dict[str, str]:
-    rl = config["rl"]
+def rl_inputs(config: AnyConfig, root_dir: str, model: str, method: str) -> dict[str, str]:
+    rl = Config.of(config).rl
     inputs = {"model": paths.model_dir(root_dir, model)}
-    if rl["task"] == "countdown":
-        inputs["data"] = paths.countdown_data(root_dir, rl["split"])
-    if method.startswith("bupo") and rl["bupo_layer"] == "boundary":
+    if rl.task == "countdown":
+        inputs["data"] = paths.countdown_data(root_dir, rl.split)
+    if method.startswith("bupo") and rl.bupo_layer == "boundary":
         inputs["boundary"] = paths.analysis(root_dir, "decomposition", "boundary", model)
     return inputs
 
 
-def rl_evaluation_targets(config: dict[str, Any], root_dir: str) -> list[str]:
+def rl_evaluation_targets(config: AnyConfig, root_dir: str) -> list[str]:
     """The evaluation summaries of every trained checkpoint (sampling seed = its seed)."""
+    c = Config.of(config)
     return [paths.evaluation(root_dir, "summary", paths.run(m, meth, s), b, s)
-            for m, meth, s in rl_runs(config) for b in config["rl"]["evaluate"]]
+            for m, meth, s in rl_runs(c) for b in c.rl.evaluate]
 
 
 # --------------------------------------------------------------------------- resources
@@ -165,23 +175,25 @@ RESOURCE_KEYS = ("mem_mb", "runtime", "threads", "gpu")
 ACCELERATE_DIR = Path(__file__).resolve().parent.parent / "config" / "accelerate"
 
 
-def rule_resources(config: dict[str, Any], rule: str) -> dict[str, int]:
+def rule_resources(config: AnyConfig, rule: str) -> RuleResources:
     """``resources.default`` overridden field by field by ``resources.<rule>``."""
-    res = config["resources"]
-    return {**res["default"], **res.get(rule, {})}
+    res = Config.of(config).resources
+    own = res.rule(rule)
+    return RuleResources(**{k: v for k, v in {**res.default.to_dict(),
+                                              **(own.to_dict() if own else {})}.items()})
 
 
-def threads(config: dict[str, Any], rule: str) -> int:
+def threads(config: AnyConfig, rule: str) -> int:
     """A rule's ``threads:`` (Snakemake caps it at --cores; on Slurm --cpus-per-task)."""
-    return int(rule_resources(config, rule)["threads"])
+    return int(rule_resources(config, rule).threads)
 
 
-def resources(config: dict[str, Any], rule: str) -> dict[str, int]:
+def resources(config: AnyConfig, rule: str) -> dict[str, int]:
     """A rule's ``resources:`` (``mem_mb``, ``runtime`` in minutes, ``gpu``): the names the
     Slurm executor plugin turns into --mem, --time and --gpus; ``gpu`` is also what
     ``snakemake --resources gpu=N`` limits locally."""
     r = rule_resources(config, rule)
-    return {"mem_mb": int(r["mem_mb"]), "runtime": int(r["runtime"]), "gpu": int(r["gpu"])}
+    return {"mem_mb": int(r.mem_mb), "runtime": int(r.runtime), "gpu": int(r.gpu)}
 
 
 # Rules whose jobs run on a base model or a trained checkpoint (wildcard ``{run}``): a
@@ -221,9 +233,9 @@ class Common:
 
     conda = CONDA_ENV
 
-    def __init__(self, config: dict[str, Any], rule: str, *log_parts: str) -> None:
-        self.config, self.rule = config, rule
-        self.log = paths.log(paths.root(config), rule, *log_parts)
+    def __init__(self, config: AnyConfig, rule: str, *log_parts: str) -> None:
+        self.config, self.rule = Config.of(config), rule
+        self.log = paths.log(paths.root(self.config), rule, *log_parts)
 
     @property
     def job(self) -> Callable[[Any], str]:
@@ -246,34 +258,34 @@ class Common:
         return lambda wildcards: resources(config, resource_key(rule, wildcards.run))[name]
 
 
-def accelerate_config(config: dict[str, Any]) -> str:
+def accelerate_config(config: AnyConfig) -> str:
     """The accelerate config file of multi-process training (``rl.distributed``): ddp and
     fsdp2 both launch with config/accelerate/ddp.yaml (a plain MULTI_GPU launch; under
     fsdp2 the trainer shards the model itself), or a path."""
-    name = config["rl"]["distributed"]
+    name = Config.of(config).rl.distributed
     if name in ("ddp", "fsdp2"):
         return str(ACCELERATE_DIR / "ddp.yaml")
     return str(Path(name).expanduser().resolve())
 
 
-def train_mode(config: dict[str, Any]) -> str:
+def train_mode(config: AnyConfig) -> str:
     """``--distributed`` of ``pipeline train``: fsdp2, or ddp (also for an accelerate
     config path)."""
-    return "fsdp2" if config["rl"]["distributed"] == "fsdp2" else "ddp"
+    return "fsdp2" if Config.of(config).rl.distributed == "fsdp2" else "ddp"
 
 
-def train_processes(config: dict[str, Any], gpus: int) -> int:
+def train_processes(config: AnyConfig, gpus: int) -> int:
     """Processes of a train job: one per GPU with more than one GPU, else
     ``rl.processes`` (CPU processes on gloo)."""
     gpus = int(gpus or 0)
-    return gpus if gpus > 1 else int(config["rl"]["processes"])
+    return gpus if gpus > 1 else int(Config.of(config).rl.processes)
 
 
 #: Set by the launcher of CPU train processes (:func:`pipeline.rl.distributed.init`).
 CPU_ENV = "PIPELINE_TRAIN_CPU"
 
 
-def train_launcher(config: dict[str, Any], gpus: int) -> str:
+def train_launcher(config: AnyConfig, gpus: int) -> str:
     """The command that starts ``pipeline train``: ``python -m pipeline`` for one process,
     ``accelerate launch`` with :func:`train_processes` processes otherwise (the trainer's
     processes find each other through the environment accelerate sets: RANK,
@@ -289,7 +301,7 @@ def train_launcher(config: dict[str, Any], gpus: int) -> str:
                        "-m", "pipeline"])
 
 
-def train_threads(config: dict[str, Any], threads: int, gpus: int) -> int:
+def train_threads(config: AnyConfig, threads: int, gpus: int) -> int:
     """torch threads of each train process: the job's threads split over its CPU
     processes (GPU processes keep them all for their data loading and decode loop)."""
     gpus = int(gpus or 0)
@@ -297,35 +309,35 @@ def train_threads(config: dict[str, Any], threads: int, gpus: int) -> int:
     return max(1, int(threads) // n) if gpus <= 1 else int(threads)
 
 
-def rl_train_spec(config: dict[str, Any]) -> dict[str, Any]:
+def rl_train_spec(config: AnyConfig) -> dict[str, Any]:
     """The ``rl`` settings a train job gets as ``--spec``: not the job lists (wildcards)
     nor how it is launched (rl.distributed), so neither reruns finished training."""
-    return {k: v for k, v in config["rl"].items()
+    return {k: v for k, v in Config.of(config).rl.to_dict().items()
             if k not in ("models", "methods", "distributed", "processes")}
 
 
 # --------------------------------------------------------------------------- comparison
 
 
-def compare_spec(config: dict[str, Any]) -> dict[str, Any]:
+def compare_spec(config: AnyConfig) -> dict[str, Any]:
     """What ``pipeline compare`` gets as ``--spec``: the run lists (base evaluations,
     RL runs, before/after analyses) it reads, the baseline method."""
-    rl, comp = config["rl"], config["comparison"]
-    jobs = bool(rl["models"] and rl["methods"])
+    c = Config.of(config)
+    rl, comp, benches = c.rl, c.comparison, c.evaluation.benchmarks
     return {
-        "benchmarks": {b: benchmark_models(config, b) for b in config["evaluation"]["benchmarks"]},
-        "seeds": list(config["seeds"]),
-        "eval_seeds": {b: {m: evaluation_seeds(config, m, b) for m in benchmark_models(config, b)}
-                       for b in config["evaluation"]["benchmarks"]},
-        "rl": {"models": list(rl["models"]) if jobs else [],
-               "methods": list(rl["methods"]) if jobs else [],
-               "evaluate": list(rl["evaluate"])},
-        "baseline": comp["baseline"],
-        "before_after": list(comp["before_after"]),
+        "benchmarks": {b: benchmark_models(c, b) for b in benches},
+        "seeds": list(c.seeds),
+        "eval_seeds": {b: {m: evaluation_seeds(c, m, b) for m in benchmark_models(c, b)}
+                       for b in benches},
+        "rl": {"models": list(rl.models) if rl.enabled else [],
+               "methods": list(rl.methods) if rl.enabled else [],
+               "evaluate": list(rl.evaluate)},
+        "baseline": comp.baseline,
+        "before_after": list(comp.before_after),
     }
 
 
-def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
+def compare_inputs(config: AnyConfig, root_dir: str) -> dict[str, list[str]]:
     """The files ``pipeline compare`` reads (named lists, for ``input:``)."""
     from pipeline.comparison.stage import manifest, manifest_paths
 
@@ -335,30 +347,30 @@ def compare_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]
 # --------------------------------------------------------------------------- claims
 
 
-def provision_spec(model: dict[str, Any]) -> dict[str, Any]:
+def provision_spec(model: Section | dict[str, Any]) -> dict[str, Any]:
     """A model's config entry without the keys provisioning ignores (``claims_family``: a
     claims setting, so changing it never re-provisions the model)."""
-    return {k: v for k, v in model.items() if k != "claims_family"}
+    entry = model.to_dict() if isinstance(model, Section) else model
+    return {k: v for k, v in entry.items() if k != "claims_family"}
 
 
-def claims_families(config: dict[str, Any]) -> str:
+def claims_families(config: AnyConfig) -> str:
     """``model=family`` for every model whose config sets ``claims_family`` (the others
     take the family of their architecture, docs/methods.md §9.6); ``-`` when none."""
-    pairs = [f"{m}={s['claims_family']}" for m, s in config["models"].items()
-             if s.get("claims_family")]
+    pairs = [f"{m}={s.claims_family}" for m, s in Config.of(config).models.items()
+             if s.claims_family]
     return " ".join(pairs) or "-"
 
 
-def claims_runs(config: dict[str, Any]) -> list[str]:
+def claims_runs(config: AnyConfig) -> list[str]:
     """Trained runs whose analyses the claims read (those compare analyses before/after)."""
-    rl = config["rl"]
-    if not (rl["models"] and rl["methods"] and config["comparison"]["before_after"]):
+    c = Config.of(config)
+    if not (c.rl.enabled and c.comparison.before_after):
         return []
-    return [paths.run(m, meth, s) for m in rl["models"] for meth in rl["methods"]
-            for s in config["seeds"]]
+    return [paths.run(m, meth, s) for m, meth, s in rl_runs(c)]
 
 
-def claims_inputs(config: dict[str, Any], root_dir: str) -> dict[str, list[str]]:
+def claims_inputs(config: AnyConfig, root_dir: str) -> dict[str, list[str]]:
     """What ``pipeline claims`` reads: every analysis model's decomposition, attention and
     depth summaries, the models' decomposition overlay (a record's figure is named only once
     it exists, so every figure a record can name is an input) and the comparison (which

@@ -82,3 +82,61 @@ def test_trainer_rhythm_is_checked_before_any_job() -> None:
         cfg.validate_schema(config)
     config["rl"]["trainer"]["rhythm"] = {"window": "12", "group_scope": "per_layer"}
     assert cfg.validate_schema(config)["rl"]["trainer"]["rhythm"]["window"] == 12
+
+
+def _sections() -> list[type]:
+    from pipeline import settings
+
+    return [c for c in vars(settings).values() if isinstance(c, type)
+            and issubclass(c, settings.Section) and c is not settings.Section]
+
+
+def _node(pointer: str) -> dict:
+    node = SCHEMA
+    for part in pointer.removeprefix("#").strip("/").split("/") if pointer != "#" else ():
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("cls", _sections(), ids=lambda c: c.__name__)
+def test_every_section_mirrors_its_schema_node(cls) -> None:
+    """Fields = the node's properties; a field without a default is one the schema always
+    fills (it has a default there, or is required); no class writes a default value."""
+    node = _node(cls.SCHEMA)
+    props = node["properties"]
+    fields = dataclasses.fields(cls)
+    assert {f.name for f in fields} == set(props), cls.__name__
+    for f in fields:
+        if f.default is dataclasses.MISSING:
+            assert "default" in props[f.name] or f.name in node.get("required", []), f.name
+        else:
+            assert f.default is None, f"{cls.__name__}.{f.name}: a default other than None"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (cfg.SCHEMA_PATH.parents[2] / "config")
+                                        .glob("*.yaml")))
+def test_shipped_configs_round_trip_through_the_tree(name) -> None:
+    """``Config.of(validated).to_dict()`` is the validated config itself: the ``--spec``
+    JSON of every rule, hence Snakemake's rerun decisions, is unchanged."""
+    import json
+
+    from pipeline.settings import Config
+    from pipeline.validation import load
+
+    config = load(cfg.SCHEMA_PATH.parents[2] / "config" / name)
+    tree = Config.of(config)
+    assert json.dumps(tree.to_dict(), sort_keys=True) == json.dumps(config, sort_keys=True)
+    assert Config.of(tree) is tree
+
+
+def test_a_partial_section_is_completed_from_the_schema() -> None:
+    from pipeline.settings import Benchmark, Config
+
+    b = Benchmark.of({"task": "countdown", "n_samples": "4"})
+    assert (b.n_samples, b.k, b.temperature, b.models) == (4, [1, 8], 1.0, "all")
+    with pytest.raises(cfg.ConfigError, match="temperature"):
+        Benchmark.of({"task": "countdown", "temperature": -1})
+    with pytest.raises(cfg.ConfigError, match="needs 'task'|'task' is a required"):
+        Benchmark.of({})
+    with pytest.raises(cfg.ConfigError, match=r"at models\.m\.source: 'ftp' is not one of"):
+        Config.of({"experiment": "x", "models": {"m": {"source": "ftp"}}})

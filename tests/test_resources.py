@@ -38,7 +38,7 @@ def _common_of_rules() -> dict[str, str | None]:
     out = {}
     for path in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         last = None
-        for m in re.finditer(r'(?m)^C = pw\.Common\(config, "(\w+)"|^rule (\w+):$',
+        for m in re.finditer(r'(?m)^C = pw\.Common\(CFG, "(\w+)"|^rule (\w+):$',
                              path.read_text()):
             if m[1]:
                 last = m[1]
@@ -64,8 +64,8 @@ def test_every_rule_takes_its_resources_from_the_config():
                          "job=C.job,"):
                 assert line in body, (name, line)
         else:
-            assert f'threads: pw.threads(config, "{name}")' in body, name
-            assert f'**pw.resources(config, "{name}")' in body, name
+            assert f'threads: pw.threads(CFG, "{name}")' in body, name
+            assert f'**pw.resources(CFG, "{name}")' in body, name
         assert not re.search(r"mem_mb\s*=|threads:\s*\d", body), name
 
 

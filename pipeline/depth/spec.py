@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.config import is_builtin as builtin_model
 from pipeline.depth.prompts import CONTENT_TAGS, FUNCTION_TAGS, SPACY_MODEL
 
 DEFAULT_SPEC: dict[str, Any] = {
@@ -140,13 +141,12 @@ def is_builtin(tokenizer, spec: Mapping[str, Any]) -> bool:
     return bool(flag) if flag is not None else len(tokenizer) < 1000
 
 
-def expects_builtin_text(spec: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
+def expects_builtin_text(spec: Mapping[str, Any], model: Any) -> bool:
     """The text kind the DAG decides for a model section ``models.<m>`` before any
     tokenizer is loaded (and passes to the stage as ``builtin_text``): ``builtin_text``
     if set, else :func:`pipeline.config.is_builtin` (builtin models; their character
-    tokenizers have fewer than 1000 entries, hub and gguf ones more)."""
-    from pipeline.config import is_builtin as builtin_model
-
+    tokenizers have fewer than 1000 entries, hub and gguf ones more). ``model``: the
+    entry as a mapping or its typed section."""
     flag = spec.get("builtin_text")
     return bool(flag) if flag is not None else builtin_model(model)
 

@@ -1,6 +1,6 @@
 # Attention rhythm of a run: a base model, or a trained checkpoint on its BASE model's
 # responses (same text, trained weights: the before/after of the comparison).
-C = pw.Common(config, "attention", "{run}")
+C = pw.Common(CFG, "attention", "{run}")
 
 
 rule attention:
@@ -19,7 +19,7 @@ rule attention:
         ),
     params:
         name=lambda wc: paths.run_name(wc.run),
-        spec=pw.spec(config["analysis"]["attention"]),
+        spec=pw.spec(CFG.analysis.attention),
         job=C.job,
     threads: C.threads
     resources:

@@ -1,11 +1,11 @@
 # Every paper claim as a verdict with an interval (docs/methods.md §9): one table from the
 # stage and comparison outputs, its forest figure and an HTML page for the report.
-C = pw.Common(config, "claims")
+C = pw.Common(CFG, "claims")
 
 
 rule claims:
     input:
-        **pw.claims_inputs(config, R),
+        **pw.claims_inputs(CFG, R),
     output:
         csv=paths.claims(R, "csv"),
         parquet=paths.claims(R, "parquet"),
@@ -22,8 +22,8 @@ rule claims:
     params:
         root=lambda wc, output: paths.claims_root(output.csv),
         models=ANALYSIS_MODELS,
-        runs=pw.claims_runs(config),
-        families=pw.claims_families(config),
+        runs=pw.claims_runs(CFG),
+        families=pw.claims_families(CFG),
         job=C.job,
     threads: C.threads
     resources:

@@ -3,10 +3,10 @@ import os
 import pipeline.workflow as pw
 from pipeline import paths, tracking
 
-R = paths.root(config)
-MODELS = list(config["models"])
-SEEDS = config["seeds"]
-ANALYSIS_MODELS = pw.analysis_models(config)
+R = paths.root(CFG)
+MODELS = list(CFG.models)
+SEEDS = CFG.seeds
+ANALYSIS_MODELS = pw.analysis_models(CFG)
 METHOD = r"[A-Za-z0-9_+]+"
 
 
@@ -17,18 +17,18 @@ wildcard_constraints:
     model=pw.alternatives(MODELS),
     run=paths.run_constraint(pw.alternatives(MODELS), METHOD),
     seed=r"\d+",
-    benchmark=pw.alternatives(list(config["evaluation"]["benchmarks"])),
+    benchmark=pw.alternatives(list(CFG.evaluation.benchmarks)),
     split=r"[A-Za-z0-9_]+",
     method=METHOD,
 
 
 onstart:
-    tracking.init_store(pw.tracking_uri(config), config["mlflow"]["experiment_name"])
+    tracking.init_store(pw.tracking_uri(CFG), CFG.mlflow.experiment_name)
     tracking.start_parent_run(
-        pw.tracking_uri(config),
-        config["mlflow"]["experiment_name"],
+        pw.tracking_uri(CFG),
+        CFG.mlflow.experiment_name,
         config=config,
-        run_name=f"snakemake[{config['experiment']}]",
+        run_name=f"snakemake[{CFG.experiment}]",
         command=" ".join(sys.argv),
     )
 

@@ -1,12 +1,12 @@
 # Comparison over models × methods × seeds and the analyses before/after RL: the
 # evaluations, histories and analyses of every run (pipeline.comparison.manifest); the
 # trained checkpoints' analyses are the decomposition and attention rules on their runs.
-C = pw.Common(config, "compare")
+C = pw.Common(CFG, "compare")
 
 
 rule compare:
     input:
-        **pw.compare_inputs(config, R),
+        **pw.compare_inputs(CFG, R),
     output:
         evaluations=report(
             paths.compare(R, "evaluations"),
@@ -68,7 +68,7 @@ rule compare:
         ),
         summary=paths.compare(R, "summary"),
     params:
-        spec=pw.spec(pw.compare_spec(config)),
+        spec=pw.spec(pw.compare_spec(CFG)),
         root=lambda wc, output: paths.compare_dirs(output.summary)[0],
         out_dir=lambda wc, output: paths.compare_dirs(output.summary)[1],
         job=C.job,

@@ -1,11 +1,11 @@
-C = pw.Common(config, "countdown_data")
+C = pw.Common(CFG, "countdown_data")
 
 
 rule countdown_data:
     output:
-        expand(paths.countdown_data(R), split=config["tasks"]["countdown"]["splits"]),
+        expand(paths.countdown_data(R), split=CFG.tasks.countdown.splits),
     params:
-        spec=pw.spec(config["tasks"]["countdown"]),
+        spec=pw.spec(CFG.tasks.countdown),
         out_dir=lambda wc, output: os.path.dirname(output[0]),
         job=C.job,
     threads: C.threads

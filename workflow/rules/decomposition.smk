@@ -1,6 +1,6 @@
 # Decomposition of a run: a base model, or a trained checkpoint on its BASE model's
 # responses (same text, trained weights: the before/after of the comparison).
-C = pw.Common(config, "decomposition", "{run}")
+C = pw.Common(CFG, "decomposition", "{run}")
 
 
 rule decomposition:
@@ -20,7 +20,7 @@ rule decomposition:
         ),
     params:
         name=lambda wc: paths.run_name(wc.run),
-        spec=pw.spec(config["analysis"]["decomposition"]),
+        spec=pw.spec(CFG.analysis.decomposition),
         job=C.job,
     threads: C.threads
     resources:
@@ -36,7 +36,7 @@ rule decomposition:
         " --fig-dir {output.figures} --threads {threads} --job {params.job:q} > {log} 2>&1"
 
 
-C = pw.Common(config, "decomposition_compare")
+C = pw.Common(CFG, "decomposition_compare")
 
 
 rule decomposition_compare:

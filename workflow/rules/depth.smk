@@ -5,11 +5,11 @@
 # So one job, two rules: `depth` for natural-text models, `depth_builtin` for the others.
 from pipeline.depth import spec as depth_spec
 
-DEPTH_SPEC = depth_spec.resolve_spec(config["analysis"]["depth"])
+DEPTH_SPEC = depth_spec.resolve_spec(CFG.analysis.depth)
 DEPTH_DIR = os.path.dirname(paths.depth(R))
 # builtin-task text → the models of that rule ("(?!)", matching nothing, when none)
 DEPTH_BUILTIN = {
-    m: depth_spec.expects_builtin_text(DEPTH_SPEC, config["models"][m]) for m in MODELS
+    m: depth_spec.expects_builtin_text(DEPTH_SPEC, CFG.models[m]) for m in MODELS
 }
 DEPTH_MODELS = {
     b: pw.alternatives([m for m in MODELS if DEPTH_BUILTIN[m] == b]) or "(?!)"
@@ -41,7 +41,7 @@ DEPTH_OUTPUTS = {
 }
 
 
-C = pw.Common(config, "depth", "{model}")
+C = pw.Common(CFG, "depth", "{model}")
 
 
 rule depth:
@@ -56,9 +56,9 @@ rule depth:
         # the text kind is decided here, once, from the model's source (the stage's own
         # tokenizer-size guess applies only to direct calls without builtin_text)
         spec=lambda wc: pw.spec(
-            {**config["analysis"]["depth"], "builtin_text": DEPTH_BUILTIN[wc.model]}
+            {**CFG.analysis.depth, "builtin_text": DEPTH_BUILTIN[wc.model]}
         ),
-        countdown=lambda wc: pw.spec(config["tasks"]["countdown"])
+        countdown=lambda wc: pw.spec(CFG.tasks.countdown)
         if DEPTH_BUILTIN[wc.model]
         else "null",
         out_dir=lambda wc, output: os.path.dirname(output.summary),

@@ -1,18 +1,18 @@
 # The benchmarks on a run: a base model (eval/<model>/...) or a trained checkpoint
 # (eval/<model>/<method>/seed<s>/...; its sampling seed is its training seed).
-C = pw.Common(config, "evaluate", "{run}", "{benchmark}", "seed{seed}")
+C = pw.Common(CFG, "evaluate", "{run}", "{benchmark}", "seed{seed}")
 
 
 rule evaluate:
     input:
-        unpack(lambda wc: pw.evaluation_inputs(config, R, wc.run, wc.benchmark)),
+        unpack(lambda wc: pw.evaluation_inputs(CFG, R, wc.run, wc.benchmark)),
     output:
         table=paths.evaluation(R, "table"),
         summary=paths.evaluation(R, "summary"),
     params:
         name=lambda wc: paths.run_name(wc.run),
-        spec=lambda wc: pw.spec(config["evaluation"]["benchmarks"][wc.benchmark]),
-        source=lambda wc: pw.run_source(config, wc.run),
+        spec=lambda wc: pw.spec(CFG.evaluation.benchmarks[wc.benchmark]),
+        source=lambda wc: pw.run_source(CFG, wc.run),
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         job=C.job,
     threads: C.threads

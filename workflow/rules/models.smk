@@ -1,14 +1,14 @@
-C = pw.Common(config, "provision", "{model}")
+C = pw.Common(CFG, "provision", "{model}")
 
 
 rule provision:
     input:
-        data=lambda wc: pw.provision_inputs(config, R, wc.model),
+        data=lambda wc: pw.provision_inputs(CFG, R, wc.model),
     output:
         model=directory(paths.model_dir(R)),
         summary=paths.provision_summary(R),
     params:
-        spec=lambda wc: pw.spec(pw.provision_spec(config["models"][wc.model])),
+        spec=lambda wc: pw.spec(pw.provision_spec(CFG.models[wc.model])),
         data=lambda wc, input: f"--data {input.data}" if input.data else "",
         job=C.job,
     threads: C.threads

@@ -1,9 +1,9 @@
-C = pw.Common(config, "report_summary")
+C = pw.Common(CFG, "report_summary")
 
 
 rule report_summary:
     input:
-        evals=pw.evaluation_targets(config, R) + pw.rl_evaluation_targets(config, R),
+        evals=pw.evaluation_targets(CFG, R) + pw.rl_evaluation_targets(CFG, R),
         provisions=expand(paths.provision_summary(R), model=MODELS),
     output:
         csv=paths.summary(R, "csv"),

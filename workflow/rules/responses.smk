@@ -1,14 +1,14 @@
-C = pw.Common(config, "responses", "{model}")
+C = pw.Common(CFG, "responses", "{model}")
 
 
 rule responses:
     input:
-        unpack(lambda wc: pw.responses_inputs(config, R, wc.model)),
+        unpack(lambda wc: pw.responses_inputs(CFG, R, wc.model)),
     output:
         paths.responses(R),
     params:
-        spec=lambda wc: pw.spec(pw.responses_spec(config, wc.model)),
-        source=lambda wc: config["models"][wc.model]["source"],
+        spec=lambda wc: pw.spec(pw.responses_spec(CFG, wc.model)),
+        source=lambda wc: CFG.models[wc.model].source,
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         job=C.job,
     threads: C.threads

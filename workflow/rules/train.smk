@@ -1,23 +1,23 @@
-C = pw.Common(config, "train", "{model}", "{method}", "seed{seed}")
+C = pw.Common(CFG, "train", "{model}", "{method}", "seed{seed}")
 
 
 rule train:
     input:
-        unpack(lambda wc: pw.rl_inputs(config, R, wc.model, wc.method)),
+        unpack(lambda wc: pw.rl_inputs(CFG, R, wc.model, wc.method)),
     output:
         model=directory(paths.rl(R, "model")),
         history=paths.rl(R, "history"),
     params:
-        spec=pw.spec(pw.rl_train_spec(config)),
-        source=lambda wc: config["models"][wc.model]["source"],
+        spec=pw.spec(pw.rl_train_spec(CFG)),
+        source=lambda wc: CFG.models[wc.model].source,
         data=lambda wc, input: f"--data {input.data}" if "data" in input.keys() else "",
         boundary=lambda wc, input: f"--boundary {input.boundary}" if "boundary" in input.keys() else "",
         out_dir=lambda wc, output: os.path.dirname(output.history),
         job=C.job,
-        launch=lambda wc, resources: pw.train_launcher(config, resources.get("gpu", 0)),
-        mode=pw.train_mode(config),
+        launch=lambda wc, resources: pw.train_launcher(CFG, resources.get("gpu", 0)),
+        mode=pw.train_mode(CFG),
         threads=lambda wc, threads, resources: pw.train_threads(
-            config, threads, resources.get("gpu", 0)
+            CFG, threads, resources.get("gpu", 0)
         ),
     threads: C.threads
     resources:
