@@ -117,6 +117,12 @@ def read_yaml(path: str | Path) -> Any:
         loader.dispose()
 
 
+def number_from_string(value: str, *, integer: bool = False) -> Any:
+    """``value`` as the number it spells (an int where ``integer`` and it is whole), else
+    ``value`` unchanged: :func:`_as_number` for a field typed outside the schema."""
+    return _as_number(value, {"type": "integer" if integer else "number"})
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
     with open(path) as f:
         return yaml.safe_load(f)

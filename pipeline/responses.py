@@ -7,6 +7,7 @@ ids so every analysis re-reads precisely the sequence that was sampled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -15,16 +16,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.evaluation import items as bench
 from pipeline.evaluation.run import generate_scored
+from pipeline.settings import Responses
 
 
 def sample_responses(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
-                     items: list[dict], spec: dict[str, Any], *, style: str, seed: int = 0,
-                     progress: bool = True) -> pd.DataFrame:
-    """One row per response: texts, ``prompt_ids`` / ``response_ids`` (lists), correctness."""
+                     items: list[dict], spec: Responses | Mapping[str, Any], *, style: str,
+                     seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """One row per response: texts, ``prompt_ids`` / ``response_ids`` (lists), correctness.
+    ``spec``: the response settings (a mapping is completed with the schema's defaults)."""
+    r = spec if isinstance(spec, Responses) else Responses.of({"task": task, **spec})
     prompts = [bench.render_prompt(task, it, tokenizer, style) for it in items]
     rows = []
-    for g, correct in generate_scored(model, tokenizer, task, items, prompts, spec,
-                                      n=spec["n_samples"], temperature=spec["temperature"],
+    for g, correct in generate_scored(model, tokenizer, task, items, prompts, r,
+                                      n=r.n_samples, temperature=r.temperature,
                                       seed=seed, progress=progress, desc="responses"):
         prompt_ids = tokenizer(prompts[g.prompt_index], add_special_tokens=False).input_ids
         response_ids = g.token_ids

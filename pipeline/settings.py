@@ -144,6 +144,12 @@ class Countdown(Section):
     splits: dict[str, int]
     seed: int
 
+    def generator(self) -> dict[str, int]:
+        """The problem generator's settings (:func:`pipeline.tasks.countdown.make_splits`
+        keywords besides the splits and the seed)."""
+        return {k: getattr(self, k) for k in ("num_numbers", "min_number", "max_number",
+                                              "min_target", "max_target")}
+
 
 @dataclasses.dataclass(frozen=True)
 class Tasks(Section):
@@ -324,6 +330,11 @@ class RL(Section):
         """Whether the config trains anything (models and methods both set)."""
         return bool(self.models and self.methods)
 
+    def items_spec(self) -> dict[str, Any]:
+        """What :func:`pipeline.evaluation.items.load_items` reads: the data keys."""
+        return {"task": self.task, "dataset": self.dataset, "path": self.path,
+                "n_problems": self.n_problems, "data_seed": self.data_seed}
+
 
 @dataclasses.dataclass(frozen=True)
 class RuleResources(Section):
@@ -417,6 +428,12 @@ class Responses(Section):
     batch_size: int
     prompt_style: str
     sample_dtype: str | None
+
+    def items_spec(self) -> dict[str, Any]:
+        """What :func:`pipeline.evaluation.items.load_items` reads: the data keys, with
+        ``n_prompts`` as the number of problems."""
+        return {"task": self.task, "dataset": self.dataset, "path": self.path,
+                "split": self.split, "n_problems": self.n_prompts, "data_seed": self.data_seed}
 
 
 @dataclasses.dataclass(frozen=True)

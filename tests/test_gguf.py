@@ -278,7 +278,8 @@ def test_failure_during_conversion_is_atomic(files, tmp_path, monkeypatch):
 
 
 def test_bad_dtype(files, tmp_path):
-    with pytest.raises(ProvisionError, match="dtype 'float8'"):
+    with pytest.raises(ProvisionError,
+                       match="gguf spec: config error at dtype: 'float8' is not one of"):
         provision_gguf({"source": "gguf", "path": str(files["llama"]), "dtype": "float8"},
                        tmp_path / "m")
 

@@ -21,6 +21,7 @@ from pipeline.claims.record import ClaimRecord
 from pipeline.claims.stats import Interval, bootstrap_ci
 from pipeline.claims.verdict import Between, Criterion, Greater, make_record
 from pipeline.depth.claims import _never_as, early_layers
+from pipeline.depth.spec import Claims as DepthClaims
 
 _KEYS = {"early guesses": "freq", ">70 %": "flip", "the first answer": "facts",
          "valid options": "mcq", "function words": "pos"}
@@ -83,9 +84,8 @@ class Ctx:
         self.summary_path = Path(paths.depth(str(root), model))
         self.dir = self.summary_path.parent
         self.summary = read_json(self.summary_path)
-        spec = self.summary.get("spec", {}).get("claims", {})
-        self.early_frac = float(spec.get("early_frac", 0.25))
-        self.min_n = int(spec.get("min_n", 5))
+        settings = DepthClaims(**self.summary.get("spec", {}).get("claims", {}))
+        self.early_frac, self.min_n = float(settings.early_frac), int(settings.min_n)
         self.L = int(self.summary["num_layers"])
         self.builtin = bool(self.summary.get("builtin_text", False))
         self.early = early_layers(self.L, self.early_frac)

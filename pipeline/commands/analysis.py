@@ -21,6 +21,7 @@ from pipeline.commands.common import (
     set_threads,
     stage,
 )
+from pipeline.settings import Decomposition
 
 ANALYSED = (NAME, MODEL_DIR, RESPONSES, SPEC)  # one model over its responses
 FIG_DIR = arg("--fig-dir", required=True)
@@ -52,18 +53,18 @@ def decomposition(ns: argparse.Namespace) -> None:
     from pipeline import io
     from pipeline.decomposition import stage as dec
 
-    spec = ns.spec
+    spec = Decomposition.of(ns.spec)
     with _analysis(ns) as (run, model, tokenizer, table):
         offered = len(table)
-        table = dec.within_token_budget(table, spec["max_response_tokens"])
+        table = dec.within_token_budget(table, spec.max_response_tokens)
         tidy, summary = dec.decompose_responses(
             model, table, tokenizer.pad_token_id, model_name=ns.name,
-            conventions=spec["conventions"], batch_size=spec["batch_size"])
+            conventions=spec.conventions, batch_size=spec.batch_size)
         per_layer = pd.DataFrame(summary.pop("per_layer"))
         io.write_table(ns.out_table, tidy)
         per_layer_path = Path(ns.out_summary).with_name("per_layer.csv")
         io.write_table(per_layer_path, per_layer)
-        conv = spec["conventions"][0]
+        conv = spec.conventions[0]
         boundary = {
             "model": ns.name, "convention": conv,
             "boundary_layer": summary[f"boundary_layer_{conv}"],
@@ -79,7 +80,7 @@ def decomposition(ns: argparse.Namespace) -> None:
         io.write_json(ns.out_summary, summary)
         fig_dir = Path(ns.fig_dir)
         fig_dir.mkdir(parents=True, exist_ok=True)
-        for c in spec["conventions"]:
+        for c in spec.conventions:
             for fname, fig in ((f"entropy_flow_{c}.png", dec.entropy_flow_figure(
                     per_layer, ns.name, c)), (f"delta_{c}.png", dec.delta_figure(
                     per_layer, ns.name, c))):

@@ -17,7 +17,7 @@ from pipeline.commands.common import (
     set_threads,
     stage,
 )
-from pipeline.config import is_builtin
+from pipeline.settings import BuiltinModel, Countdown, HubModel, model_of
 
 
 @stage(
@@ -32,15 +32,13 @@ def countdown_data(ns: argparse.Namespace) -> None:
     from pipeline.tasks import countdown
     from pipeline.tracking import job_run
 
-    spec = ns.spec
-    gen = {k: spec[k] for k in ("num_numbers", "min_number", "max_number",
-                                "min_target", "max_target")}
+    spec = Countdown.of(ns.spec)
     with job_run(job_of(ns)) as run:
-        splits = countdown.make_splits(spec["splits"], seed=spec["seed"], **gen)
+        splits = countdown.make_splits(spec.splits, seed=spec.seed, **spec.generator())
         out = Path(ns.out_dir)
         for name, problems in splits.items():
             io.write_jsonl(out / f"{name}.jsonl", [p.to_dict() for p in problems])
-        run.params(spec)
+        run.params(ns.spec)
         run.metrics({f"n_{k}": len(v) for k, v in splits.items()})
 
 
@@ -63,10 +61,10 @@ def provision(ns: argparse.Namespace) -> None:
     from pipeline.tracking import job_run
 
     set_threads(ns)
-    spec = ns.spec
+    spec = model_of(ns.spec)
     with job_run(job_of(ns)) as run:
-        run.params({"model": ns.name, **spec})
-        if is_builtin(spec):
+        run.params({"model": ns.name, **ns.spec})
+        if isinstance(spec, BuiltinModel):
             if not ns.data:
                 raise SystemExit("provision: builtin models need --data (Countdown train split)")
             train = [countdown.Problem.from_dict(d) for d in io.read_jsonl(ns.data)]
@@ -76,14 +74,12 @@ def provision(ns: argparse.Namespace) -> None:
                                                      "sft_lr": rec["lr"]}, step=step),
             )
             _sft_figure(run, ns.name, summary["sft_history"], Path(ns.summary).parent)
-        elif spec["source"] == "hub":
+        elif isinstance(spec, HubModel):
             summary = prov.provision_hub(spec, ns.out)
-        elif spec["source"] == "gguf":
+        else:
             from pipeline.models.gguf import provision_gguf
 
             summary = provision_gguf(spec, ns.out, cache_dir=ns.cache_dir)
-        else:
-            raise SystemExit(f"provision: unknown source {spec['source']!r}")
         summary["name"] = ns.name
         run.metrics({k: v for k, v in summary.items()
                      if isinstance(v, int | float) and not isinstance(v, bool)})

@@ -40,15 +40,14 @@ def depth(ns: argparse.Namespace) -> None:
     from pipeline import io
     from pipeline.depth import stage as dep
     from pipeline.models import load
+    from pipeline.settings import Countdown
     from pipeline.tracking import flatten, job_run
 
     set_threads(ns)
     spec = dict(ns.spec)
-    if ns.countdown:
-        keys = ("num_numbers", "min_number", "max_number", "min_target", "max_target")
-        builtin = dict(spec.get("builtin", {}))
-        builtin["countdown"] = {k: ns.countdown[k] for k in keys}
-        spec["builtin"] = builtin
+    if ns.countdown:  # the experiment's generator settings for builtin-task text
+        builtin = dict(ns.spec.get("builtin") or {})
+        spec["builtin"] = {**builtin, "countdown": Countdown.of(ns.countdown).generator()}
     out = Path(ns.out_dir)
     with job_run(job_of(ns)) as run:
         run.params(spec)

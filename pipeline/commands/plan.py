@@ -28,11 +28,12 @@ def check_config(ns: argparse.Namespace) -> None:
     """Validate config files as the Snakefile does before any job (syntax, keys, values)."""
     from pipeline.config import check_writable, read_yaml
     from pipeline.memory_plan import check_memory
+    from pipeline.settings import Config
     from pipeline.validation import validate
 
     for path in ns.configfiles:
         config = validate(read_yaml(path) or {})
-        check_writable(config["results_dir"])
+        check_writable(Config.of(config).results_dir)
         check_memory(config)
         print(f"ok {path}")
 

@@ -4,7 +4,6 @@ responses the analyses share)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from pipeline.commands.common import (
     CACHE_DIR,
@@ -20,6 +19,7 @@ from pipeline.commands.common import (
     stage,
 )
 from pipeline.config import resolve_prompt_style
+from pipeline.settings import Benchmark, Responses
 
 SAMPLING = (
     MODEL_DIR,
@@ -33,10 +33,12 @@ SAMPLING = (
 )
 
 
-def _setup(ns: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """Thread count; the spec and its prompt style resolved for the model's source."""
+def _setup(ns: argparse.Namespace, section: type[Benchmark | Responses]
+           ) -> tuple[Benchmark | Responses, str]:
+    """Thread count; the typed spec and its prompt style resolved for the model's source."""
     set_threads(ns)
-    return ns.spec, resolve_prompt_style(ns.spec["prompt_style"], ns.source)
+    spec = section.of(ns.spec)
+    return spec, resolve_prompt_style(spec.prompt_style, ns.source)
 
 
 @stage(
@@ -55,23 +57,23 @@ def evaluate(ns: argparse.Namespace) -> None:
     from pipeline.models import load
     from pipeline.tracking import job_run
 
-    spec, style = _setup(ns)
+    spec, style = _setup(ns, Benchmark)
     with job_run(job_of(ns)) as run:
-        run.params({**spec, "benchmark": ns.benchmark, "resolved_prompt_style": style,
+        run.params({**ns.spec, "benchmark": ns.benchmark, "resolved_prompt_style": style,
                     "seed": ns.seed})
         items = bench.load_items(spec, data=ns.data, cache_dir=ns.cache_dir)
         # decoding: eager attention (fast for one-token steps on CPU); scoring long k-shot
         # prompts in one forward: the default (sdpa)
-        attn = None if spec["task"] == "mmlu" else "eager"
+        attn = None if spec.task == "mmlu" else "eager"
         model, tokenizer = load(ns.model_dir, attn_implementation=attn)
-        if spec["task"] == "mmlu":
+        if spec.task == "mmlu":
             table, summary = evaluate_multiple_choice(model, tokenizer, items, spec)
         else:
-            table, summary = evaluate_generative(model, tokenizer, spec["task"], items, spec,
+            table, summary = evaluate_generative(model, tokenizer, spec.task, items, spec,
                                                  style=style, seed=ns.seed)
-        summary = {"model": ns.name, "benchmark": ns.benchmark, "task": spec["task"],
+        summary = {"model": ns.name, "benchmark": ns.benchmark, "task": spec.task,
                    "seed": ns.seed, **summary}
-        if spec["task"] == "math":  # answers past the verification budget, scored wrong
+        if spec.task == "math":  # answers past the verification budget, scored wrong
             from pipeline.tasks.bounded import timeouts
             summary["verify_timeouts"] = timeouts()
         io.write_table(ns.out_table, table)
@@ -91,13 +93,12 @@ def responses(ns: argparse.Namespace) -> None:
     from pipeline.responses import sample_responses
     from pipeline.tracking import job_run
 
-    spec, style = _setup(ns)
+    spec, style = _setup(ns, Responses)
     with job_run(job_of(ns)) as run:
-        run.params({**spec, "resolved_prompt_style": style, "seed": ns.seed})
-        items = bench.load_items({**spec, "n_problems": spec["n_prompts"]}, data=ns.data,
-                                 cache_dir=ns.cache_dir)
+        run.params({**ns.spec, "resolved_prompt_style": style, "seed": ns.seed})
+        items = bench.load_items(spec.items_spec(), data=ns.data, cache_dir=ns.cache_dir)
         model, tokenizer = load(ns.model_dir, attn_implementation="eager")
-        table = sample_responses(model, tokenizer, spec["task"], items, spec, style=style,
+        table = sample_responses(model, tokenizer, spec.task, items, spec, style=style,
                                  seed=ns.seed)
         io.write_table(ns.out, table)
         run.metrics({"num_responses": len(table),

@@ -16,6 +16,7 @@ from pipeline.commands.common import (
     stage,
 )
 from pipeline.config import resolve_prompt_style
+from pipeline.settings import RL
 
 
 @stage(
@@ -48,24 +49,22 @@ def train(ns: argparse.Namespace) -> None:
     from pipeline.tracking import job_run
 
     set_threads(ns)
-    spec = ns.spec
-    style = resolve_prompt_style(spec["prompt_style"], ns.source)
-    k = spec["bupo_layer"]
+    spec = RL.of(ns.spec)  # the train spec leaves out the job lists: the schema's [] fill them
+    style = resolve_prompt_style(spec.prompt_style, ns.source)
+    k = spec.bupo_layer
     if k == "boundary":
         k = io.read_json(ns.boundary)["boundary_layer"] if ns.boundary else None
-    cfg = RLConfig.from_dict({**spec["trainer"], "method": ns.method, "seed": ns.seed,
+    cfg = RLConfig.from_dict({**spec.trainer.to_dict(), "method": ns.method, "seed": ns.seed,
                               "bupo_layer": k})
     dist = distributed.init(ns.distributed)  # accelerate launch: one process per GPU/CPU slot
     with job_run(job_of(ns) if dist.main else None) as run:
         run.params({**cfg.to_dict(), "base_model": ns.name, "prompt_style": style})
-        items = bench.load_items({k: spec[k] for k in ("task", "dataset", "path", "n_problems",
-                                                          "data_seed")},
-                                 data=ns.data, cache_dir=ns.cache_dir)
+        items = bench.load_items(spec.items_spec(), data=ns.data, cache_dir=ns.cache_dir)
         # sdpa: no [T, T] attention probabilities kept for backward (the γ pass of attention
         # credit computes its own, memory-bounded, from q and k)
         # fsdp2: loaded on the CPU; fully_shard moves only each process's shards to its GPU
         model, tokenizer = load(ns.model_dir, attn_implementation="sdpa",
                                 device="cpu" if dist.fsdp else dist.device)
-        prompt_fn, reward_fn = task_fns(spec["task"], tokenizer, style)
+        prompt_fn, reward_fn = task_fns(spec.task, tokenizer, style)
         rl_train(model, tokenizer, items, reward_fn, cfg, prompt_fn=prompt_fn,
                  out_dir=ns.out_dir, run=run, resume=True, distributed_mode=ns.distributed)

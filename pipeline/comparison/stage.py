@@ -4,6 +4,8 @@ and figures (:data:`OUTPUTS`) and returns a summary."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +34,44 @@ from pipeline.comparison.tables import (
 OUTPUTS = paths.COMPARE  # relative to the output directory
 
 
-def manifest(spec: dict[str, Any], root: str | Path) -> dict[str, list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class CompareSpec:
+    """What ``pipeline compare`` gets as ``--spec`` (:func:`pipeline.workflow.compare_spec`):
+    ``benchmarks`` (benchmark → base models), ``seeds``, ``rl`` (models, methods,
+    evaluate), ``baseline``, ``before_after`` (analysis stages) and ``eval_seeds``
+    (benchmark → model → seeds; a pair left out: every seed)."""
+
+    benchmarks: dict[str, list[str]]
+    seeds: list[int]
+    rl: dict[str, list[str]]
+    baseline: str
+    before_after: list[str]
+    eval_seeds: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, spec: CompareSpec | Mapping[str, Any]) -> CompareSpec:
+        return spec if isinstance(spec, CompareSpec) else cls(**spec)
+
+    @property
+    def runs(self) -> list[tuple[str, str, int]]:
+        """(model, method, seed) of every trained run."""
+        return [(m, meth, s) for m in self.rl["models"] for meth in self.rl["methods"]
+                for s in self.seeds]
+
+
+def manifest(spec: CompareSpec | Mapping[str, Any],
+             root: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Every file the comparison reads, with its identity, from the run lists in ``spec``:
     ``benchmarks`` (benchmark → base models), ``seeds``, ``rl`` (models, methods,
     evaluate) and ``before_after`` (analysis stages). The layout is the DAG's
     (:mod:`pipeline.paths`): a trained checkpoint's evaluations and analyses are those of
     its run ``<model>/<method>/seed<seed>``."""
-    root = str(root)
-    seeds = list(spec["seeds"])
-    rl = spec["rl"]
-    runs = [(m, meth, s) for m in rl["models"] for meth in rl["methods"] for s in seeds]
-    eval_seeds = spec.get("eval_seeds", {})  # benchmark -> model -> seeds (default: all)
+    root, c = str(root), CompareSpec.of(spec)
+    rl, runs = c.rl, c.runs
     evals = [{"model": m, "method": BASE, "seed": s, "benchmark": b,
               "dir": paths.evaluation_dir(root, m, b, s)}
-             for b, models in spec["benchmarks"].items() for m in models
-             for s in eval_seeds.get(b, {}).get(m, seeds)]
+             for b, models in c.benchmarks.items() for m in models
+             for s in c.eval_seeds.get(b, {}).get(m, c.seeds)]
     evals += [{"model": m, "method": meth, "seed": s, "benchmark": b,
                "dir": paths.evaluation_dir(root, paths.run(m, meth, s), b, s)}
               for m, meth, s in runs for b in rl["evaluate"]]
@@ -54,7 +79,7 @@ def manifest(spec: dict[str, Any], root: str | Path) -> dict[str, list[dict[str,
                   "path": paths.rl(root, "history", m, meth, s)} for m, meth, s in runs]
     analyses = []
     if runs:
-        for kind in spec["before_after"]:
+        for kind in c.before_after:
             analyses += [{"kind": kind, "model": m, "method": BASE, "seed": SHARED_SEED,
                           "dir": paths.analysis_dir(root, kind, m)} for m in rl["models"]]
             analyses += [{"kind": kind, "model": m, "method": meth, "seed": s,
@@ -73,11 +98,11 @@ def manifest_paths(man: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]
     }
 
 
-def _methods(spec: dict[str, Any]) -> list[str]:
-    return [BASE, *spec["rl"]["methods"]]
+def _methods(spec: CompareSpec) -> list[str]:
+    return [BASE, *spec.rl["methods"]]
 
 
-def run_comparison(spec: dict[str, Any], root: str | Path, out_dir: str | Path,
+def run_comparison(spec: CompareSpec | Mapping[str, Any], root: str | Path, out_dir: str | Path,
                    run: Any = None) -> dict[str, Any]:
     """Read every file of :func:`manifest`, write :data:`OUTPUTS` under ``out_dir`` (the
     summary JSON last) and log figures and tables to ``run`` (a
@@ -87,8 +112,9 @@ def run_comparison(spec: dict[str, Any], root: str | Path, out_dir: str | Path,
     plt = _plt()
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    spec = CompareSpec.of(spec)
     man = manifest(spec, root)
-    baseline = spec["baseline"]
+    baseline = spec.baseline
     methods = _methods(spec)
 
     units, tidy, curves_runs = load_evaluations(man["evaluations"])
@@ -125,7 +151,7 @@ def run_comparison(spec: dict[str, Any], root: str | Path, out_dir: str | Path,
     if run is not None:
         run.artifact(out / OUTPUTS["tables"], "tables")
         run.params({"baseline": baseline, "methods": methods,
-                    "before_after": spec["before_after"], "seeds": spec["seeds"]})
+                    "before_after": spec.before_after, "seeds": spec.seeds})
         metrics = {}
         for _, r in comparison.iterrows():
             base = f"{r['benchmark']}/{r['model']}/{r['method']}/{r['metric']}"
@@ -145,7 +171,7 @@ def run_comparison(spec: dict[str, Any], root: str | Path, out_dir: str | Path,
                          "metric": metric, "mean": r["mean"], "ci95": [r["ci_lo"], r["ci_hi"]],
                          "n_seeds": int(r["n_seeds"]), "ci_kind": r["ci_kind"]})
     summary = {
-        "baseline": baseline, "methods": methods, "seeds": list(spec["seeds"]),
+        "baseline": baseline, "methods": methods, "seeds": list(spec.seeds),
         "num_evaluations": len(man["evaluations"]), "num_training_runs": len(man["histories"]),
         "num_analysis_runs": len(man["analyses"]), "headline": head,
         "outputs": {k: v for k, v in OUTPUTS.items() if k != "summary"},

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ from pipeline.depth.prompts import (
     word_count,
 )
 from pipeline.depth.ranks import multi_lens_predictions, option_token_ids
-from pipeline.depth.spec import BUILTIN_TEXT_KIND, TOKEN_CLASSES
+from pipeline.depth.spec import BUILTIN_TEXT_KIND, TOKEN_CLASSES, DepthSpec, depth_spec
 
 Lenses = Mapping[str, TunedLens | None]
 Study = tuple[dict[str, pd.DataFrame], Any]  # (tables, the summary's entry)
@@ -134,25 +135,26 @@ def token_class_study(tokenizer, preds: Preds, baseline_prompts: pd.DataFrame, *
 
 
 # --------------------------------------------------------------------------- facts
-def facts_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, cache_dir,
+def facts_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: Lenses, *,
+                cache_dir,
                 num_layers: int, progress: bool) -> Study:
     """Fact recall: teacher-forced answer tokens 1..``facts.max_answer_tokens`` of facts
     with at least ``min_answer_tokens`` answer tokens; correct-only earliest layers per
     answer-token position."""
     from pipeline.data import load_source
 
-    fs = spec["facts"]
-    emb = bool(spec["decision_depth"]["include_embedding"])
-    facts = load_source("facts", cache_dir=cache_dir, split=fs["relations"])
-    facts = shuffled(facts, int(fs["seed"]))
+    s = depth_spec(spec)
+    fs, emb = s.facts, s.decision_depth.include_embedding
+    facts = load_source("facts", cache_dir=cache_dir, split=fs.relations)
+    facts = shuffled(facts, fs.seed)
     recs: list[dict[str, Any]] = []
     relation: dict[str, str] = {}
     n_kept = 0
     for fact in facts:
-        if n_kept >= int(fs["n_facts"]):
+        if n_kept >= fs.n_facts:
             break
-        r = teacher_forced_fact_prompts(tokenizer, [fact], int(fs["max_answer_tokens"]))
-        if not r or r[0]["n_answer_tokens"] < int(fs["min_answer_tokens"]):
+        r = teacher_forced_fact_prompts(tokenizer, [fact], fs.max_answer_tokens)
+        if not r or r[0]["n_answer_tokens"] < fs.min_answer_tokens:
             continue
         for x in r:
             x["fact_id"] = str(fact["id"])
@@ -164,7 +166,7 @@ def facts_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, ca
         return {}, "no facts tokenised cleanly"
     preds = multi_lens_predictions(model, tokenizer, [r["input_ids"] for r in recs], lenses,
                                    targets=[r["target"] for r in recs],
-                                   batch_size=int(spec["batch_size"]) * 2,
+                                   batch_size=s.batch_size * 2,
                                    progress=progress, desc="facts")
     rows = []
     for name, p in preds.items():
@@ -191,7 +193,7 @@ def facts_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, ca
         "mean_earliest_layer": {name: {int(r.answer_token): r.mean_layer
                                        for r in first[first.lens == name].itertuples()}
                                 for name in preds},
-        "selection": f"facts with ≥ {fs['min_answer_tokens']} answer tokens; correct-only "
+        "selection": f"facts with ≥ {fs.min_answer_tokens} answer tokens; correct-only "
                      "(greedy token = teacher-forced target) in the earliest-layer means"}
 
 
@@ -217,25 +219,24 @@ def mcq_layer_table(preds: Preds) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def mcq_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, cache_dir,
-              progress: bool) -> Study:
+def mcq_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: Lenses, *,
+              cache_dir, progress: bool) -> Study:
     """Multiple choice: ``mcq.shots``-shot MMLU; option-letter reads per layer (where the
     four options dominate, where the model's choice is settled among them / top-1)."""
     from pipeline.data import load_source
 
-    ms = spec["mcq"]
-    emb = bool(spec["decision_depth"]["include_embedding"])
+    s = depth_spec(spec)
+    ms, emb = s.mcq, s.decision_depth.include_embedding
     items = load_source("mmlu", cache_dir=cache_dir)
-    if ms["max_chars"]:
+    if ms.max_chars:
         items = [it for it in items if len(it["question"]) + sum(map(len, it["choices"]))
-                 <= int(ms["max_chars"])]
-    prompts = mcq_prompts(items, int(ms["shots"]), seed=int(ms["seed"]),
-                          limit=int(ms["n_problems"]))
+                 <= ms.max_chars]
+    prompts = mcq_prompts(items, ms.shots, seed=ms.seed, limit=ms.n_problems)
     letters = ("A", "B", "C", "D")
     opt_ids = option_token_ids(tokenizer, letters)
     preds = multi_lens_predictions(model, tokenizer, [p["prompt"] for p in prompts], lenses,
                                    option_ids=opt_ids,
-                                   batch_size=max(1, int(spec["batch_size"]) // 2),
+                                   batch_size=max(1, s.batch_size // 2),
                                    progress=progress, desc="mcq", include_embedding=emb)
     rows = []
     answers = np.array([p["answer"] for p in prompts], dtype=object)
@@ -250,12 +251,12 @@ def mcq_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *, cach
     mcq = pd.concat(rows, ignore_index=True)
     n_tok = [len(tokenizer(p["prompt"]).input_ids) for p in prompts]
     return {"mcq": mcq, "mcq_layers": mcq_layer_table(preds)}, {
-        "n_problems": len(prompts), "shots": int(ms["shots"]),
+        "n_problems": len(prompts), "shots": ms.shots,
         "option_token_ids": list(map(int, opt_ids)),
         "mean_prompt_tokens": float(np.mean(n_tok)) if n_tok else math.nan,
         "accuracy": float(mcq[mcq.lens == next(iter(preds))]["correct"].mean())
         if prompts else math.nan,
-        "selection": f"MMLU items with question+choices ≤ {ms['max_chars']} "
+        "selection": f"MMLU items with question+choices ≤ {ms.max_chars} "
                      "characters; balanced-letter demonstrations"}
 
 
@@ -300,18 +301,17 @@ def pos_prompt_set(tokenizer, texts: Sequence[str], pos_spec: Mapping[str, Any],
     return recs, counts
 
 
-def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
+def pos_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: Lenses, *,
               texts: Sequence[str], source: Any, ks: np.ndarray, num_layers: int,
               progress: bool) -> Study:
     """Parts of speech (stage docstring, part 5): :func:`pos_prompt_set`, one forward per
     passage, lens read-outs of the correct prompts only."""
     t0 = time.perf_counter()
-    ps = dict(spec["pos"])
-    emb = bool(spec["decision_depth"]["include_embedding"])
-    seed = int(spec["baseline"]["seed"] if ps["seed"] is None else ps["seed"])
-    recs, counts = pos_prompt_set(tokenizer, texts, ps, seed=seed)
+    s = depth_spec(spec)
+    ps, emb = s.pos, s.decision_depth.include_embedding
+    recs, counts = pos_prompt_set(tokenizer, texts, asdict(ps), seed=s.pos_seed)
     t_prompts = time.perf_counter() - t0
-    tags = list(ps["function_tags"]) + list(ps["content_tags"])
+    tags = list(ps.function_tags) + list(ps.content_tags)
     if not recs:
         return {}, "POS case study: no prompt could be built"
     # one forward per passage: every prompt of a passage is a prefix of its longest one
@@ -327,7 +327,7 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
     recs = [recs[k] for k in order]
     preds = multi_lens_predictions(model, tokenizer, seqs, lenses,
                                    targets=[r["target"] for r in recs], positions=positions,
-                                   correct_only=True, batch_size=int(spec["batch_size"]),
+                                   correct_only=True, batch_size=s.batch_size,
                                    progress=progress, desc="pos")
     rows, curves = [], []
     upos = np.asarray([r["upos"] for r in recs], dtype=object)
@@ -349,11 +349,11 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
             m = ok & (upos == tag)
             curves.append(decision_depth_curve(p["ranks"][m], ks,
                                                include_embedding=emb).assign(
-                lens=name, upos=tag, word_class="function" if tag in ps["function_tags"]
+                lens=name, upos=tag, word_class="function" if tag in ps.function_tags
                 else "content"))
     detail = pd.concat(rows, ignore_index=True)
     summ = earliest_summary(detail, "upos", num_layers=num_layers)
-    summ.insert(3, "word_class", np.where(summ.upos.isin(ps["function_tags"]), "function",
+    summ.insert(3, "word_class", np.where(summ.upos.isin(ps.function_tags), "function",
                                           "content"))
     dd = pd.concat(curves, ignore_index=True)
     tables = {"pos": detail, "pos_summary": summ,
@@ -364,8 +364,8 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
     lens0 = next(iter(preds))
     per = {name: first[first.lens == name].set_index("upos") for name in preds}
     return tables, {
-        "source": source, "tagger": spacy_model_info(ps["spacy_model"]),
-        "function_tags": list(ps["function_tags"]), "content_tags": list(ps["content_tags"]),
+        "source": source, "tagger": spacy_model_info(ps.spacy_model),
+        "function_tags": list(ps.function_tags), "content_tags": list(ps.content_tags),
         "n_passages": counts["n_passages"], "n_forwards": len(seqs),
         "n_found": counts["n_found"],
         "n_dropped_tokenisation": counts["n_dropped_tokenisation"],
@@ -379,8 +379,8 @@ def pos_study(model, tokenizer, spec: Mapping[str, Any], lenses: Lenses, *,
         "median_earliest_layer": {name: {t: float(d.loc[t, "median_layer"]) for t in tags
                                          if t in d.index} for name, d in per.items()},
         "selection": (f"first {counts['n_passages']} passages of the BASELINE order (seed "
-                      f"{seed}) truncated to {ps['max_words']} words; per tag the first "
-                      f"word-initial token (PUNCT may be attached) with ≥ {ps['min_words']} "
+                      f"{s.pos_seed}) truncated to {ps.max_words} words; per tag the first "
+                      f"word-initial token (PUNCT may be attached) with ≥ {ps.min_words} "
                       "words before it; kept when the passage's encoding continues the "
                       "prompt's with the word's first token; correct-only (greedy token = "
                       "that token) in the earliest-layer statistics"),

@@ -37,7 +37,7 @@ from pipeline.depth.metrics import (
     log_spaced_ks,
 )
 from pipeline.depth.prompts import cut_passages, truncate_words
-from pipeline.depth.spec import KEY_KS, source_key
+from pipeline.depth.spec import KEY_KS, DepthSpec, depth_spec, source_key
 
 Preds = Mapping[str, Mapping[str, np.ndarray]]  # multi_lens_predictions' result
 
@@ -89,17 +89,18 @@ class StageTexts:
         return self.corpus[source_key(source)]
 
 
-def stage_texts(spec: Mapping[str, Any], *, builtin: bool, cache_dir) -> StageTexts:
+def stage_texts(spec: DepthSpec | Mapping[str, Any], *, builtin: bool,
+                cache_dir) -> StageTexts:
     """The texts of every part (stage docstring): builtin models' Countdown text, split
     into lens-training, held-out, BASELINE and frequency problems; or the natural-text
     sources of ``spec`` (each loaded once; the POS source too when it runs)."""
-    tspec, bspec = spec["tuned"], spec["builtin"]
+    s = depth_spec(spec)
+    t, b = s.tuned, s.builtin
     if builtin:
-        cd = bspec["countdown"]
-        seed = int(bspec["seed"])
-        n_train, n_prompts = int(tspec["n_train_texts"]), int(bspec["n_prompts"])
-        n_held = max(8, int(tspec["heldout_windows"]) * int(tspec["heldout_seq_len"]) // 20 + 8)
-        n_freq = int(bspec["n_freq_texts"])
+        cd, seed = b.countdown, b.seed
+        n_train, n_prompts = t.n_train_texts, b.n_prompts
+        n_held = max(8, t.heldout_windows * t.heldout_seq_len // 20 + 8)
+        n_freq = b.n_freq_texts
         pairs = countdown_pairs(n_train + n_held + n_prompts + n_freq, seed, cd)
         texts = [p + t for p, t in pairs]
         return StageTexts(
@@ -107,10 +108,9 @@ def stage_texts(spec: Mapping[str, Any], *, builtin: bool, cache_dir) -> StageTe
             prompts=pairs[n_train + n_held:n_train + n_held + n_prompts],
             frequency=texts[n_train + n_held + n_prompts:],
             sources={"all": f"countdown.generate(seed={seed}, {dict(cd)})"})
-    need = [spec["tuned"]["source"], spec["tuned"]["heldout_source"],
-            spec["baseline"]["source"], spec["frequency"]["source"]]
-    if int(spec["pos"]["n_passages"]):
-        need.append(spec["pos"]["source"] or spec["baseline"]["source"])
+    need = [t.source, t.heldout_source, s.baseline.source, s.frequency.source]
+    if s.pos.n_passages:
+        need.append(s.pos_source)
     loaded = {source_key(x): x for x in need}
     corpus = {k: _text_records(x, cache_dir) for k, x in sorted(loaded.items())}
 
@@ -118,13 +118,12 @@ def stage_texts(spec: Mapping[str, Any], *, builtin: bool, cache_dir) -> StageTe
         return corpus[source_key(source)]
 
     return StageTexts(
-        train=shuffled(of(tspec["source"]), int(tspec["seed"]))[:int(tspec["n_train_texts"])],
-        heldout=shuffled(of(tspec["heldout_source"]), int(tspec["seed"]) + 1),
-        prompts=of(spec["baseline"]["source"]),
-        frequency=of(spec["frequency"]["source"])[:int(spec["frequency"]["n_texts"])],
-        sources={"tuned_train": tspec["source"], "heldout": tspec["heldout_source"],
-                 "baseline": spec["baseline"]["source"],
-                 "frequency": spec["frequency"]["source"]},
+        train=shuffled(of(t.source), t.seed)[:t.n_train_texts],
+        heldout=shuffled(of(t.heldout_source), t.seed + 1),
+        prompts=of(s.baseline.source),
+        frequency=of(s.frequency.source)[:s.frequency.n_texts],
+        sources={"tuned_train": t.source, "heldout": t.heldout_source,
+                 "baseline": s.baseline.source, "frequency": s.frequency.source},
         corpus=corpus)
 
 
@@ -153,21 +152,20 @@ def builtin_cut_prompts(tokenizer, pairs: Sequence[tuple[str, str]], n: int, see
     return out
 
 
-def baseline_prompt_set(tokenizer, texts: StageTexts, spec: Mapping[str, Any], *,
-                        builtin: bool) -> tuple[list[dict[str, Any]], list]:
+def baseline_prompt_set(tokenizer, texts: StageTexts, spec: DepthSpec | Mapping[str, Any],
+                        *, builtin: bool) -> tuple[list[dict[str, Any]], list]:
     """``(records, prompts)`` of the BASELINE set: builtin — :func:`builtin_cut_prompts`
     (token-id prompts); natural text — :func:`~pipeline.depth.cut_passages` of the
     passages truncated to ``baseline.max_words`` (string prompts)."""
+    s = depth_spec(spec)
     if builtin:
-        bspec = spec["builtin"]
-        recs = builtin_cut_prompts(tokenizer, texts.prompts, int(bspec["n_prompts"]),
-                                   seed=int(bspec["seed"]))
+        recs = builtin_cut_prompts(tokenizer, texts.prompts, s.builtin.n_prompts,
+                                   seed=s.builtin.seed)
         prompts: list = [r["input_ids"] for r in recs]
     else:
-        b = spec["baseline"]
-        texts_cut = [truncate_words(t, b["max_words"]) for t in texts.prompts]
-        recs = cut_passages(texts_cut, int(b["n_prompts"]), seed=int(b["seed"]),
-                            min_words=int(b["min_words"]))
+        b = s.baseline
+        texts_cut = [truncate_words(t, b.max_words) for t in texts.prompts]
+        recs = cut_passages(texts_cut, b.n_prompts, seed=b.seed, min_words=b.min_words)
         prompts = [r["prompt"] for r in recs]
     if not recs:
         raise ValueError("depth: no BASELINE prompts could be built")
@@ -186,12 +184,12 @@ def frequency_table(counts: np.ndarray, freq_rank: np.ndarray) -> pd.DataFrame:
         "bucket": _buckets(np.arange(len(counts)), freq_rank)})
 
 
-def decision_ks(spec: Mapping[str, Any]) -> np.ndarray:
+def decision_ks(spec: DepthSpec | Mapping[str, Any]) -> np.ndarray:
     """The rank thresholds of the decision-depth curves: ``decision_depth.n_ks``
     log-spaced in [1, k_max] plus :data:`~pipeline.depth.spec.KEY_KS` up to k_max."""
-    k_max = float(spec["decision_depth"]["k_max"])
-    return np.unique(np.concatenate([log_spaced_ks(int(spec["decision_depth"]["n_ks"]), 1.0,
-                                                   k_max),
+    dd = depth_spec(spec).decision_depth
+    k_max = float(dd.k_max)
+    return np.unique(np.concatenate([log_spaced_ks(dd.n_ks, 1.0, k_max),
                                      [k for k in KEY_KS if k <= k_max]]))
 
 

@@ -13,49 +13,133 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pipeline.config import is_builtin as builtin_model
+from pipeline.config import number_from_string
 from pipeline.depth.prompts import CONTENT_TAGS, FUNCTION_TAGS, SPACY_MODEL
 
-DEFAULT_SPEC: dict[str, Any] = {
-    "lenses": ["logit", "tuned"],
+Source = str | dict[str, Any]  # a registry name, or a pipeline.data.load_source mapping
+
+
+@dataclass(frozen=True)
+class Tuned:
+    source: Source = "openwebtext"          # training text
+    heldout_source: Source = "wikipedia"    # held-out KL text
+    steps: int = 24
+    tokens_per_step: int = 64
+    seq_len: int = 64
+    lr: float = 0.2
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    grad_clip: float = 1.0
+    alignment: str = "input"
+    n_train_texts: int = 200
+    heldout_windows: int = 2
+    heldout_seq_len: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Baseline:
+    source: Source = "wikipedia"
+    n_prompts: int = 150
+    min_words: int = 16
+    max_words: int = 48
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Frequency:
+    source: Source = "openwebtext"
+    n_texts: int = 1000
+
+
+@dataclass(frozen=True)
+class Facts:
+    n_facts: int = 120
+    max_answer_tokens: int = 3
+    min_answer_tokens: int = 2
+    relations: list[str] | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Mcq:
+    shots: int = 4
+    n_problems: int = 32
+    seed: int = 0
+    max_chars: int | None = 300
+
+
+@dataclass(frozen=True)
+class Pos:
+    n_passages: int = 150
+    source: Source | None = None
+    seed: int | None = None
+    min_words: int = 8
+    max_words: int = 48
+    function_tags: list[str] = field(default_factory=lambda: list(FUNCTION_TAGS))
+    content_tags: list[str] = field(default_factory=lambda: list(CONTENT_TAGS))
+    spacy_model: str = SPACY_MODEL
+
+
+@dataclass(frozen=True)
+class DecisionDepth:
+    n_ks: int = 200
+    k_max: float = 10000.0
+    # false = the authors' convention (earliest layer over h[1]..h[L])
+    include_embedding: bool = False
+
+
+@dataclass(frozen=True)
+class Claims:
+    early_frac: float = 0.25
+    min_n: int = 5
+
+
+@dataclass(frozen=True)
+class Builtin:
+    n_prompts: int = 300
+    n_freq_texts: int = 1000
+    seed: int = 1
+    countdown: dict[str, int] = field(default_factory=lambda: {
+        "num_numbers": 3, "min_number": 1, "max_number": 30, "min_target": 1,
+        "max_target": 100})
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """``analysis.depth``, typed: the stage's settings and, here only, their defaults."""
+
+    lenses: list[str] = field(default_factory=lambda: ["logit", "tuned"])
     # None = auto (tokenizer vocabulary < 1000 → the model's own Countdown text)
-    "builtin_text": None,
-    "batch_size": 16,
-    "tuned": {
-        "source": "openwebtext",          # training text
-        "heldout_source": "wikipedia",    # held-out KL text
-        "steps": 24,
-        "tokens_per_step": 64,
-        "seq_len": 64,
-        "lr": 0.2,
-        "warmup_steps": 0,
-        "momentum": 0.9,
-        "weight_decay": 1e-3,
-        "grad_clip": 1.0,
-        "alignment": "input",
-        "n_train_texts": 200,
-        "heldout_windows": 2,
-        "heldout_seq_len": 128,
-        "seed": 0,
-    },
-    "baseline": {"source": "wikipedia", "n_prompts": 150, "min_words": 16, "max_words": 48,
-                 "seed": 0},
-    "frequency": {"source": "openwebtext", "n_texts": 1000},
-    "facts": {"n_facts": 120, "max_answer_tokens": 3, "min_answer_tokens": 2,
-              "relations": None, "seed": 0},
-    "mcq": {"shots": 4, "n_problems": 32, "seed": 0, "max_chars": 300},
-    "pos": {"n_passages": 150, "source": None, "seed": None, "min_words": 8, "max_words": 48,
-            "function_tags": list(FUNCTION_TAGS), "content_tags": list(CONTENT_TAGS),
-            "spacy_model": SPACY_MODEL},
-    # include_embedding: false = the authors' convention (earliest layer over h[1]..h[L])
-    "decision_depth": {"n_ks": 200, "k_max": 10000.0, "include_embedding": False},
-    "claims": {"early_frac": 0.25, "min_n": 5},
-    "builtin": {"n_prompts": 300, "n_freq_texts": 1000, "seed": 1,
-                "countdown": {"num_numbers": 3, "min_number": 1, "max_number": 30,
-                              "min_target": 1, "max_target": 100}},
-}
+    builtin_text: bool | None = None
+    batch_size: int = 16
+    tuned: Tuned = field(default_factory=Tuned)
+    baseline: Baseline = field(default_factory=Baseline)
+    frequency: Frequency = field(default_factory=Frequency)
+    facts: Facts = field(default_factory=Facts)
+    mcq: Mcq = field(default_factory=Mcq)
+    pos: Pos = field(default_factory=Pos)
+    decision_depth: DecisionDepth = field(default_factory=DecisionDepth)
+    claims: Claims = field(default_factory=Claims)
+    builtin: Builtin = field(default_factory=Builtin)
+
+    @property
+    def pos_source(self) -> Source:
+        """The POS passages' source: ``pos.source``, else ``baseline.source``."""
+        return self.pos.source if self.pos.source is not None else self.baseline.source
+
+    @property
+    def pos_seed(self) -> int:
+        """The POS passages' seed: ``pos.seed``, else ``baseline.seed``."""
+        return self.pos.seed if self.pos.seed is not None else self.baseline.seed
+
+
+DEFAULT_SPEC: dict[str, Any] = asdict(DepthSpec())
 """Stage settings, sized for a 2-core CPU (SmolLM2-135M: about 3.7 min on one thread, plus
 ≈ 47 s for the POS set of 150 passages; the paper's lens recipe is 250 steps × 2^18
 tokens — raise ``tuned.steps`` / ``tokens_per_step`` on a GPU, see config/depth-paper.yaml).
@@ -135,45 +219,75 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def is_builtin(tokenizer, spec: Mapping[str, Any]) -> bool:
-    """Builtin-task text path: ``spec["builtin_text"]`` if set, else vocabulary < 1000."""
-    flag = spec.get("builtin_text")
+def depth_spec(spec: DepthSpec | Mapping[str, Any] | None) -> DepthSpec:
+    """``spec`` as the typed :class:`DepthSpec`: a mapping is merged over the defaults and
+    checked (:func:`resolve_spec`)."""
+    if isinstance(spec, DepthSpec):
+        return spec
+    full = resolve_spec(spec)
+    sections = {f.name: f.type for f in fields(DepthSpec)}
+    return DepthSpec(**{k: _section(globals()[sections[k]], v) if sections[k] in _SECTIONS
+                        else _number(sections[k], v) for k, v in full.items()})
+
+
+_SECTIONS = {"Tuned", "Baseline", "Frequency", "Facts", "Mcq", "Pos", "DecisionDepth",
+             "Claims", "Builtin"}
+
+
+def _section(cls: type, values: Mapping[str, Any]) -> Any:
+    types = {f.name: f.type for f in fields(cls)}
+    return cls(**{k: _number(types[k], v) for k, v in values.items()})
+
+
+def _number(annotation: str, value: Any) -> Any:
+    """A string that spells a number, where the field wants an int or a float, as that
+    number (YAML reads ``1e-3`` as a string; analysis.depth is free-form in the schema)."""
+    kinds = {t.strip() for t in annotation.split("|")}
+    if not isinstance(value, str) or not kinds & {"int", "float"} or "str" in kinds:
+        return value
+    return number_from_string(value, integer="float" not in kinds)
+
+
+def is_builtin(tokenizer, spec: DepthSpec | Mapping[str, Any]) -> bool:
+    """Builtin-task text path: ``builtin_text`` if set, else vocabulary < 1000."""
+    flag = depth_spec(spec).builtin_text
     return bool(flag) if flag is not None else len(tokenizer) < 1000
 
 
-def expects_builtin_text(spec: Mapping[str, Any], model: Any) -> bool:
+def expects_builtin_text(spec: DepthSpec | Mapping[str, Any], model: Any) -> bool:
     """The text kind the DAG decides for a model section ``models.<m>`` before any
     tokenizer is loaded (and passes to the stage as ``builtin_text``): ``builtin_text``
     if set, else :func:`pipeline.config.is_builtin` (builtin models; their character
     tokenizers have fewer than 1000 entries, hub and gguf ones more). ``model``: the
     entry as a mapping or its typed section."""
-    flag = spec.get("builtin_text")
+    flag = depth_spec(spec).builtin_text
     return bool(flag) if flag is not None else builtin_model(model)
 
 
-def output_tables(spec: Mapping[str, Any], *, builtin: bool) -> list[str]:
+def output_tables(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list[str]:
     """Names of the tables :func:`pipeline.depth.stage.run_depth` returns for the resolved
     ``spec`` on builtin-task (``builtin``) or natural text, when it trains the tuned lens
     itself (no ``lens`` given). Data can still drop some: the facts tables when no fact
     tokenises cleanly, the POS tables when no POS prompt can be built."""
-    names = ["lens_history"] if "tuned" in spec["lenses"] else []
+    s = depth_spec(spec)
+    names = ["lens_history"] if "tuned" in s.lenses else []
     names += ["kl", "frequency", "baseline_prompts", "baseline", "decision_depth",
               "bucket_mix", "flip_rates"]
     if builtin:
         return names + ["token_classes", "token_class_summary"]
     names += ["facts", "facts_summary", "mcq", "mcq_layers"]
-    if int(spec["pos"]["n_passages"]):
+    if s.pos.n_passages:
         names += ["pos", "pos_summary", "pos_decision_depth"]
     return names
 
 
-def output_figures(spec: Mapping[str, Any], *, builtin: bool) -> list[str]:
+def output_figures(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list[str]:
     """File names of the figures :func:`pipeline.depth.figures.figures` draws from those
     tables (same caveats as :func:`output_tables`)."""
     names = ["kl_per_layer.png", "decision_depth.png", "bucket_mix.png", "flip_rates.png"]
     if builtin:
         return names + ["token_classes.png"]
     names += ["facts_earliest_layer.png", "mcq_layers.png"]
-    if int(spec["pos"]["n_passages"]):
+    if depth_spec(spec).pos.n_passages:
         names += ["pos_earliest_layer.png", "pos_decision_depth.png"]
     return names

@@ -83,6 +83,9 @@ from pipeline.depth.spec import (
     DEFAULT_SPEC,
     NATURAL_TEXT_KIND,
     TOKEN_CLASSES,
+    DepthSpec,
+    Tuned,
+    depth_spec,
     is_builtin,
     resolve_spec,
     source_key,
@@ -138,6 +141,7 @@ def run_depth(
     already trained tuned lens for ``model`` (e.g. :meth:`TunedLens.load`) — used as it is,
     no training, no ``lens_history`` table."""
     spec = resolve_spec(spec)
+    s = depth_spec(spec)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     builtin = is_builtin(tokenizer, spec)
@@ -149,8 +153,8 @@ def run_depth(
         "model": model_name, "num_layers": L, "vocab_size": vocab,
         "builtin_text": builtin,
         "text_kind": BUILTIN_TEXT_KIND if builtin else NATURAL_TEXT_KIND,
-        "lenses": list(spec["lenses"]),
-        "primary_lens": "tuned" if "tuned" in spec["lenses"] else "logit",
+        "lenses": list(s.lenses),
+        "primary_lens": "tuned" if "tuned" in s.lenses else "logit",
         "spec": spec,
     }
     if builtin:
@@ -159,11 +163,11 @@ def run_depth(
                            "held-out KL, BASELINE prompts, frequency corpus); facts / MCQ are "
                            "replaced by the token-class breakdown (digit / operator / bracket "
                            "/ other)")
-    texts = _timed(timings, "data", stage_texts, spec, builtin=builtin, cache_dir=cache_dir)
+    texts = _timed(timings, "data", stage_texts, s, builtin=builtin, cache_dir=cache_dir)
     sources = summary["sources"] = texts.sources
 
     # ---- tuned lens + held-out KL -----------------------------------------------------
-    if "tuned" not in spec["lenses"]:
+    if "tuned" not in s.lenses:
         lens = None
     elif lens is not None:
         width = int(layout.lm_head.weight.shape[1])
@@ -175,19 +179,19 @@ def run_depth(
                                  "meta": dict(lens.meta)}
     else:
         lens, history = _timed(timings, "tuned_lens_train", _train_lens, model, tokenizer,
-                               spec["tuned"], texts.train, progress=progress)
+                               s.tuned, texts.train, progress=progress)
         history.insert(0, "model", model_name)
         tables["lens_history"] = history
         summary["tuned_lens"] = {
-            "alignment": lens.alignment, "steps": int(spec["tuned"]["steps"]),
+            "alignment": lens.alignment, "steps": s.tuned.steps,
             "tokens_per_step": int(history["tokens"].iloc[0]),
             "tokens_total": int(history["tokens"].sum()),
             "loss_first": float(history["loss"].iloc[0]),
             "loss_last": float(history["loss"].iloc[-1]),
             "seconds": timings["tuned_lens_train"]}
-    lenses = {name: lens if name == "tuned" else None for name in spec["lenses"]}
+    lenses = {name: lens if name == "tuned" else None for name in s.lenses}
     tables["kl"], summary["kl"] = _timed(timings, "heldout_kl", _heldout_kl, model,
-                                         tokenizer, spec, lenses, texts, num_layers=L)
+                                         tokenizer, s, lenses, texts, num_layers=L)
 
     # ---- frequency ---------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -200,12 +204,12 @@ def run_depth(
 
     # ---- BASELINE ----------------------------------------------------------------------
     t0 = time.perf_counter()
-    recs, prompts = baseline_prompt_set(tokenizer, texts, spec, builtin=builtin)
+    recs, prompts = baseline_prompt_set(tokenizer, texts, s, builtin=builtin)
     preds = multi_lens_predictions(model, tokenizer, prompts, lenses,
-                                   batch_size=int(spec["batch_size"]), progress=progress,
+                                   batch_size=s.batch_size, progress=progress,
                                    desc="baseline")
-    ks = decision_ks(spec)
-    emb = bool(spec["decision_depth"]["include_embedding"])
+    ks = decision_ks(s)
+    emb = s.decision_depth.include_embedding
     tables.update(baseline_tables(preds, recs, prompts, tokenizer, freq_rank, ks,
                                   builtin=builtin, include_embedding=emb))
     summary["baseline"] = baseline_summary(tables, list(preds), builtin=builtin,
@@ -220,13 +224,13 @@ def run_depth(
             "baseline_prompts": tables["baseline_prompts"], "num_layers": L,
             "primary_lens": summary["primary_lens"], "include_embedding": emb}))
     else:
-        common = {"model": model, "tokenizer": tokenizer, "spec": spec, "lenses": lenses,
+        common = {"model": model, "tokenizer": tokenizer, "spec": s, "lenses": lenses,
                   "progress": progress}
         studies += [("facts", facts_study, {**common, "cache_dir": cache_dir,
                                             "num_layers": L}),
                     ("mcq", mcq_study, {**common, "cache_dir": cache_dir})]
-        if int(spec["pos"]["n_passages"]):
-            src = spec["pos"]["source"] or spec["baseline"]["source"]
+        if s.pos.n_passages:
+            src = s.pos_source
             studies.append(("pos", pos_study, {**common, "texts": texts.of(src),
                                                "source": src, "ks": ks, "num_layers": L}))
     for key, study, kw in studies:
@@ -236,13 +240,12 @@ def run_depth(
         summary["facts"] = summary["mcq"] = f"not run: {BUILTIN_TEXT_KIND}"
         summary["pos"] = (f"POS case study not run on {BUILTIN_TEXT_KIND} (no natural text "
                           "for spaCy to tag): token-class breakdown instead")
-    elif not int(spec["pos"]["n_passages"]):
+    elif not s.pos.n_passages:
         summary["pos"] = "POS case study not run: pos.n_passages is 0"
 
-    cl = spec["claims"]
     summary["claims"] = compute_claims(tables, lenses=list(lenses), num_layers=L,
-                                       builtin=builtin, early_frac=float(cl["early_frac"]),
-                                       min_n=int(cl["min_n"]))
+                                       builtin=builtin, early_frac=s.claims.early_frac,
+                                       min_n=s.claims.min_n)
     timings["total"] = time.perf_counter() - t_start
     summary["timings_s"] = timings
     for df in tables.values():
@@ -251,30 +254,27 @@ def run_depth(
     return tables, _clean(summary), lens
 
 
-def _train_lens(model: nn.Module, tokenizer, tspec: Mapping[str, Any], texts: list[str], *,
+def _train_lens(model: nn.Module, tokenizer, t: Tuned, texts: list[str], *,
                 progress: bool) -> tuple[TunedLens, pd.DataFrame]:
     """:func:`train_tuned_lens` with the ``tuned`` settings."""
     return train_tuned_lens(
-        model, tokenizer, texts, steps=int(tspec["steps"]),
-        tokens_per_step=int(tspec["tokens_per_step"]), lr=float(tspec["lr"]),
-        momentum=float(tspec["momentum"]), weight_decay=float(tspec["weight_decay"]),
-        grad_clip=None if tspec["grad_clip"] is None else float(tspec["grad_clip"]),
-        warmup_steps=int(tspec["warmup_steps"]), seq_len=int(tspec["seq_len"]),
-        alignment=tspec["alignment"], seed=int(tspec["seed"]), progress=progress)
+        model, tokenizer, texts, steps=t.steps, tokens_per_step=t.tokens_per_step, lr=t.lr,
+        momentum=t.momentum, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+        warmup_steps=t.warmup_steps, seq_len=t.seq_len, alignment=t.alignment, seed=t.seed,
+        progress=progress)
 
 
-def _heldout_kl(model: nn.Module, tokenizer, spec: Mapping[str, Any],
+def _heldout_kl(model: nn.Module, tokenizer, s: DepthSpec,
                 lenses: Mapping[str, TunedLens | None], texts: StageTexts, *,
                 num_layers: int) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The ``kl`` table and the summary's ``kl`` entry: per-layer KL(p_final ‖ p_lens) of
     each lens on ``tuned.heldout_windows`` held-out windows."""
-    tspec, L = spec["tuned"], num_layers
-    held = pack_texts(tokenizer, texts.heldout, int(tspec["heldout_seq_len"]))[
-        :int(tspec["heldout_windows"])]
+    t, L = s.tuned, num_layers
+    held = pack_texts(tokenizer, texts.heldout, t.heldout_seq_len)[:t.heldout_windows]
     kl_rows = []
     kl_lists: dict[str, list[float]] = {}
     for name, lz in lenses.items():
-        kl = per_layer_kl(model, lz, held, batch_size=max(1, int(spec["batch_size"]) // 4))
+        kl = per_layer_kl(model, lz, held, batch_size=max(1, s.batch_size // 4))
         kl_lists[name] = [float(x) for x in kl]
         kl_rows += [{"lens": name, "layer": i, "kl": float(v), "n_tokens": int(held.numel())}
                     for i, v in enumerate(kl)]

@@ -8,11 +8,13 @@ math-verify), ``mmlu`` (k-shot multiple choice, scored by the answer letter's lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from pipeline import io
+from pipeline.settings import Benchmark
 from pipeline.tasks import countdown
 from pipeline.tasks import math as math_task
 
@@ -21,11 +23,18 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 # format (SmolLM2-135M-Instruct boxes 12 % of its sampled answers without it, 98 % with it).
 MATH_EXAMPLE = ("Calculate 27 + 48.", "27 + 48 = 75.\nThe final answer is \\boxed{75}.")
 LETTERS = "ABCD"
+TASKS = ("countdown", "math", "mmlu")
 
 
-def load_items(spec: dict[str, Any], *, data: str | None, cache_dir: str | None) -> list[dict]:
-    """Items of one benchmark entry of the config (``evaluation.benchmarks.<name>``)."""
-    task = spec["task"]
+def load_items(spec: Benchmark | Mapping[str, Any], *, data: str | None,
+               cache_dir: str | None) -> list[dict]:
+    """Items of one benchmark entry of the config (``evaluation.benchmarks.<name>``; a
+    mapping of its data keys, completed with the schema's defaults: the response and RL
+    settings pass theirs)."""
+    if not isinstance(spec, Benchmark) and spec.get("task") not in TASKS:
+        raise ValueError(f"unknown evaluation task {spec.get('task')!r} (countdown, math, mmlu)")
+    b = spec if isinstance(spec, Benchmark) else Benchmark.of(spec)
+    task = b.task
     if task == "countdown":
         if not data:
             raise ValueError("countdown evaluation needs the split file (--data)")
@@ -33,22 +42,19 @@ def load_items(spec: dict[str, Any], *, data: str | None, cache_dir: str | None)
     elif task == "math":
         from pipeline.tasks.benchmarks import BENCHMARKS, load_benchmark
 
-        name = spec["dataset"]
-        if name in BENCHMARKS or spec.get("path"):
-            items = load_benchmark(name, path=spec.get("path"), cache_dir=cache_dir)
+        name = b.dataset
+        if name in BENCHMARKS or b.path:
+            items = load_benchmark(name, path=b.path, cache_dir=cache_dir)
         else:
             from pipeline.data import load_source
 
-            items = load_source(name, cache_dir=cache_dir, seed=spec["data_seed"],
-                                limit=spec["n_problems"])
-    elif task == "mmlu":
+            items = load_source(name, cache_dir=cache_dir, seed=b.data_seed, limit=b.n_problems)
+    else:  # mmlu
         from pipeline.data import load_source
 
-        items = load_source(spec["dataset"], cache_dir=cache_dir, path=spec.get("path"))
-    else:
-        raise ValueError(f"unknown evaluation task {task!r} (countdown, math, mmlu)")
-    if spec["n_problems"] is not None and task != "mmlu":  # mmlu: shots come first
-        items = items[: spec["n_problems"]]
+        items = load_source(b.dataset, cache_dir=cache_dir, path=b.path)
+    if b.n_problems is not None and task != "mmlu":  # mmlu: shots come first
+        items = items[: b.n_problems]
     return items
 
 

@@ -7,7 +7,7 @@ highest next-token logit among `` A``…`` D`` (accuracy; no sampling).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline.evaluation import items as bench
 from pipeline.evaluation.metrics import mean_ci, pass_at_k
 from pipeline.generation import Generation, generate
+from pipeline.settings import Benchmark, Responses
 
 
 def evaluate_generative(
@@ -25,23 +26,24 @@ def evaluate_generative(
     tokenizer: PreTrainedTokenizerBase,
     task: str,
     items: Sequence[dict],
-    spec: dict[str, Any],
+    spec: Benchmark | Mapping[str, Any],
     *,
     style: str,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Greedy + sampled responses, each scored; the table keeps every response."""
+    """Greedy + sampled responses, each scored; the table keeps every response. ``spec``:
+    the benchmark's section (a mapping is completed with the schema's defaults)."""
+    b = spec if isinstance(spec, Benchmark) else Benchmark.of({"task": task, **spec})
     prompts = [bench.render_prompt(task, it, tokenizer, style) for it in items]
     rows = []
     runs = [("greedy", 1, 0.0)]
-    if spec["n_samples"] > 0:
-        runs.append(("sample", spec["n_samples"], spec["temperature"]))
+    if b.n_samples > 0:
+        runs.append(("sample", b.n_samples, b.temperature))
     for mode, n, temp in runs:
-        for g, correct in generate_scored(model, tokenizer, task, items, prompts, spec, n=n,
+        for g, correct in generate_scored(model, tokenizer, task, items, prompts, b, n=n,
                                           temperature=temp, seed=seed, progress=progress,
-                                          desc=f"{task} {mode}",
-                                          verify_mode=spec["verify_mode"]):
+                                          desc=f"{task} {mode}", verify_mode=b.verify_mode):
             rows.append({
                 "mode": mode, "problem": g.prompt_index,
                 "item_id": str(items[g.prompt_index]["id"]), "sample": g.sample_index,
@@ -49,20 +51,20 @@ def evaluate_generative(
                 "correct": correct,
             })
     table = pd.DataFrame(rows)
-    return table, summarize(table, spec["k"])
+    return table, summarize(table, b.k)
 
 
 def generate_scored(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
-                    items: Sequence[dict], prompts: list[str], spec: dict[str, Any], *,
+                    items: Sequence[dict], prompts: list[str], spec: Benchmark | Responses, *,
                     n: int, temperature: float, seed: int, progress: bool, desc: str,
                     verify_mode: str = "symbolic") -> list[tuple[Generation, bool]]:
     """``n`` responses to each prompt (``prompts[i]`` renders ``items[i]``) with the
     sampling settings of ``spec`` (``top_p``, ``max_new_tokens``, ``batch_size``,
     ``sample_dtype``), each with its correctness; shared by the evaluation and the
     analysed responses (:func:`pipeline.responses.sample_responses`)."""
-    gens = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=spec["top_p"],
-                    max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch_size"],
-                    seed=seed, progress=progress, desc=desc, dtype=spec.get("sample_dtype"))
+    gens = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=spec.top_p,
+                    max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                    seed=seed, progress=progress, desc=desc, dtype=spec.sample_dtype)
     return [(g, bench.score(task, items[g.prompt_index], g.text, verify_mode=verify_mode))
             for g in gens]
 
@@ -100,14 +102,15 @@ def evaluate_multiple_choice(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[dict],
-    spec: dict[str, Any],
+    spec: Benchmark | Mapping[str, Any],
     *,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """k-shot MMLU by the next-token logits of `` A``…`` D`` at the end of the prompt."""
-    shots, rest = bench.balanced_shots(list(items), spec["shots"])
-    if spec["n_problems"] is not None:
-        rest = rest[: spec["n_problems"]]
+    b = spec if isinstance(spec, Benchmark) else Benchmark.of({"task": "mmlu", **spec})
+    shots, rest = bench.balanced_shots(list(items), b.shots)
+    if b.n_problems is not None:
+        rest = rest[: b.n_problems]
     letter_ids = [tokenizer(f" {L}", add_special_tokens=False).input_ids[-1]
                   for L in bench.LETTERS]
     if len(set(letter_ids)) != 4:
@@ -117,7 +120,7 @@ def evaluate_multiple_choice(
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        bs = spec["batch_size"]
+        bs = b.batch_size
         prompts = {id(it): bench.mmlu_prompt(it, shots) for it in rest}
         ordered = sorted(rest, key=lambda it: len(prompts[id(it)]))  # less padding
         for start in tqdm(range(0, len(ordered), bs), desc="mmlu", disable=not progress):

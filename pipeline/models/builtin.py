@@ -7,6 +7,7 @@ tokenizer's (:mod:`pipeline.models.tokenizer`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,30 +20,40 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from pipeline.settings import BuiltinModel
+
 ARCHITECTURES: dict[str, tuple[type, type]] = {
     "qwen3": (Qwen3Config, Qwen3ForCausalLM),
     "llama": (LlamaConfig, LlamaForCausalLM),
 }
 
 
-def build_config(spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase):
+def builtin_spec(spec: BuiltinModel | Mapping[str, Any]) -> BuiltinModel:
+    """A builtin ``models.<name>`` entry as its typed section, the schema's defaults filled
+    (``source`` may be left out)."""
+    if isinstance(spec, BuiltinModel):
+        return spec
+    if spec.get("arch") not in ARCHITECTURES:
+        raise ValueError(f"unknown builtin arch {spec.get('arch')!r}; "
+                         f"known: {sorted(ARCHITECTURES)}")
+    return BuiltinModel.of({"source": "builtin", **spec})
+
+
+def build_config(spec: BuiltinModel | Mapping[str, Any], tokenizer: PreTrainedTokenizerBase):
     """HF config for a builtin spec (keys as in ``workflow/schemas/config.schema.yaml``)."""
-    arch = spec["arch"]
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown builtin arch {arch!r}; known: {sorted(ARCHITECTURES)}")
-    config_cls, _ = ARCHITECTURES[arch]
-    head_dim = spec.get("head_dim") or spec["hidden_size"] // spec["num_heads"]
+    m = builtin_spec(spec)
+    config_cls, _ = ARCHITECTURES[m.arch]
     return config_cls(
         vocab_size=len(tokenizer),
-        hidden_size=spec["hidden_size"],
-        intermediate_size=spec["intermediate_size"],
-        num_hidden_layers=spec["num_layers"],
-        num_attention_heads=spec["num_heads"],
-        num_key_value_heads=spec["num_kv_heads"],
-        head_dim=head_dim,
-        max_position_embeddings=spec.get("max_position_embeddings", 512),
-        rope_theta=spec.get("rope_theta", 10000.0),
-        tie_word_embeddings=spec.get("tie_word_embeddings", True),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads,
+        head_dim=m.head_dim or m.hidden_size // m.num_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        rope_theta=m.rope_theta,
+        tie_word_embeddings=m.tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -51,11 +62,11 @@ def build_config(spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase):
 
 
 def build_model(
-    spec: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int
+    spec: BuiltinModel | Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> PreTrainedModel:
     """Randomly initialised model (deterministic for a given seed)."""
     config = build_config(spec, tokenizer)
-    _, model_cls = ARCHITECTURES[spec["arch"]]
+    _, model_cls = ARCHITECTURES[builtin_spec(spec).arch]
     torch.manual_seed(seed)
     model = model_cls(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -25,12 +25,15 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.config import ConfigError
 from pipeline.models.provision import ProvisionError, atomic_dir
+from pipeline.settings import GgufModel
 
 # The real default model: SmolLM2-135M-Instruct (Llama architecture, Q4_1, ChatML).
 SMOLLM2_SPEC: dict[str, Any] = {
@@ -217,27 +220,40 @@ def gguf_architecture(path: str | Path) -> str:
         raise ProvisionError(f"{path} is not a readable GGUF file: {_one_line(exc)}") from exc
 
 
-def _resolve_file(spec: dict[str, Any], cache_dir: str | Path | None) -> tuple[Path, str]:
+def gguf_spec(spec: GgufModel | Mapping[str, Any]) -> GgufModel:
+    """A gguf ``models.<name>`` entry as its typed section (``source`` may be left out);
+    a bad value (another source, an unknown dtype) is a one-line ProvisionError."""
+    if isinstance(spec, GgufModel):
+        return spec
+    if spec.get("source", "gguf") != "gguf":
+        raise ProvisionError(f"provision_gguf got a spec with source {spec.get('source')!r}")
+    try:
+        return GgufModel.of({"source": "gguf", **spec})
+    except ConfigError as exc:
+        raise ProvisionError(f"gguf spec: {exc}") from None
+
+
+def _resolve_file(spec: GgufModel, cache_dir: str | Path | None) -> tuple[Path, str]:
     """The GGUF file a spec names (fetched if from a package) and its verified sha256."""
-    expected = str(spec["sha256"]).strip().lower() if spec.get("sha256") else None
-    if spec.get("path"):
-        if spec.get("package"):
+    expected = spec.sha256.strip().lower() if spec.sha256 else None
+    if spec.path:
+        if spec.package:
             raise ProvisionError("gguf spec: give either path or package + file, not both")
-        path = Path(spec["path"]).expanduser()
+        path = Path(spec.path).expanduser()
         if not path.is_file():
             raise ProvisionError(f"GGUF file not found: {path}")
         actual = sha256_file(path)
         if expected is not None and actual != expected:
             raise ProvisionError(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
         return path, actual
-    if not (spec.get("package") and spec.get("file")):
+    if not (spec.package and spec.file):
         raise ProvisionError("gguf spec needs either path or package + file")
     if expected is None:
-        raise ProvisionError(f"gguf spec for {spec['package']}: sha256 is required")
+        raise ProvisionError(f"gguf spec for {spec.package}: sha256 is required")
     if cache_dir is None:
-        raise ProvisionError(f"gguf spec for {spec['package']}: no cache_dir given")
+        raise ProvisionError(f"gguf spec for {spec.package}: no cache_dir given")
     try:
-        path = fetch_registry_file(spec["package"], spec["file"], cache_dir=cache_dir,
+        path = fetch_registry_file(spec.package, spec.file, cache_dir=cache_dir,
                                    sha256=expected)
     except ValueError as exc:
         raise ProvisionError(f"gguf spec: {exc}") from exc
@@ -251,7 +267,7 @@ def _logits(model: torch.nn.Module, batches: list[torch.Tensor]) -> list[torch.T
 
 
 def provision_gguf(
-    spec: dict[str, Any], out_dir: str | Path, *, cache_dir: str | Path | None = None
+    spec: GgufModel | dict[str, Any], out_dir: str | Path, *, cache_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Convert a GGUF model into a plain ``from_pretrained`` directory at ``out_dir``.
 
@@ -270,13 +286,8 @@ def provision_gguf(
     )
 
     t0 = time.time()
-    if spec.get("source", "gguf") != "gguf":
-        raise ProvisionError(f"provision_gguf got a spec with source {spec.get('source')!r}")
-    dtype_name = str(spec.get("dtype") or "float32")
-    if dtype_name not in _DTYPES:
-        raise ProvisionError(f"gguf spec: unknown dtype {dtype_name!r} (one of {sorted(_DTYPES)})")
-    dtype = _DTYPES[dtype_name]
-
+    spec = gguf_spec(spec)
+    dtype = _DTYPES[spec.dtype]
     path, digest = _resolve_file(spec, cache_dir)
     arch = gguf_architecture(path)
     if not is_supported_architecture(arch):
@@ -334,7 +345,7 @@ def provision_gguf(
                 "num_layers": model.config.num_hidden_layers,
                 "num_parameters": sum(p.numel() for p in model.parameters()),
                 "vocab_size": model.config.vocab_size,
-                "dtype": dtype_name,
+                "dtype": spec.dtype,
                 "sha256": digest,
             }
             del model
@@ -354,9 +365,9 @@ def provision_gguf(
             raise ProvisionError(f"{where}: chat template lost in the saved tokenizer")
         if [tok2(p)["input_ids"] for p in CHECK_PROMPTS] != [b[0].tolist() for b in batches]:
             raise ProvisionError(f"{where}: saved tokenizer encodes differently")
-    if spec.get("package"):
-        summary["package"] = spec["package"]
-        summary["file"] = spec["file"]
+    if spec.package:
+        summary["package"] = spec.package
+        summary["file"] = spec.file
     summary["chat_template"] = chat_template is not None
     summary["max_abs_logit_diff"] = diff
     summary["seconds"] = time.time() - t0

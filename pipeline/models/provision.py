@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from pipeline.models.builtin import build_model
+from pipeline.models.builtin import build_model, builtin_spec
 from pipeline.models.tokenizer import build_char_tokenizer
+from pipeline.settings import BuiltinModel, HubModel
 from pipeline.tasks import countdown
 from pipeline.training.sft import train_sft
 
@@ -50,7 +51,7 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
 
 
 def provision_builtin(
-    spec: dict[str, Any],
+    spec: BuiltinModel | dict[str, Any],
     train: Sequence[countdown.Problem],
     out_dir: str | Path,
     *,
@@ -59,15 +60,16 @@ def provision_builtin(
 ) -> dict[str, Any]:
     """Build, SFT-train and save a builtin model; returns a summary."""
     t0 = time.time()
-    tokenizer = build_char_tokenizer(spec["max_position_embeddings"])
-    model = build_model(spec, tokenizer, seed=spec["seed"])
+    m = builtin_spec(spec)
+    tokenizer = build_char_tokenizer(m.max_position_embeddings)
+    model = build_model(m, tokenizer, seed=m.seed)
     pairs = [(countdown.prompt(p, "builtin"), countdown.trace(p)) for p in train]
-    sft = spec["sft"]
+    sft = m.sft
     history = train_sft(
         model, tokenizer, pairs,
-        steps=sft["steps"], batch_size=sft["batch_size"], lr=sft["lr"],
-        weight_decay=sft["weight_decay"], warmup_steps=sft["warmup_steps"],
-        grad_clip=sft["grad_clip"], seed=spec["seed"], log_every=max(1, sft["steps"] // 50),
+        steps=sft.steps, batch_size=sft.batch_size, lr=sft.lr,
+        weight_decay=sft.weight_decay, warmup_steps=sft.warmup_steps,
+        grad_clip=sft.grad_clip, seed=m.seed, log_every=max(1, sft.steps // 50),
         on_log=on_log, progress=progress,
     )
     with atomic_dir(out_dir) as tmp:
@@ -75,7 +77,7 @@ def provision_builtin(
         tokenizer.save_pretrained(tmp)
     return {
         "source": "builtin",
-        "arch": spec["arch"],
+        "arch": m.arch,
         "model_type": model.config.model_type,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_layers": model.config.num_hidden_layers,
@@ -87,16 +89,17 @@ def provision_builtin(
     }
 
 
-def provision_hub(spec: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+def provision_hub(spec: HubModel | dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Download (or reuse from the cache) a pinned hub snapshot and link it into
     ``out_dir``. Offline, unknown id or revision → :class:`ProvisionError` naming it."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     from transformers import AutoConfig
 
-    repo, rev = spec["repo_id"], spec["revision"]
+    m = HubModel.of({"source": "hub", **spec} if isinstance(spec, dict) else spec)
+    repo, rev = m.repo_id, m.revision
     t0 = time.time()
-    kwargs = dict(repo_id=repo, revision=rev, cache_dir=spec.get("cache_dir"),
+    kwargs = dict(repo_id=repo, revision=rev, cache_dir=m.cache_dir,
                   allow_patterns=HUB_PATTERNS)
     try:
         try:  # a pinned snapshot already in the cache needs no network at all
@@ -109,7 +112,7 @@ def provision_hub(spec: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
             f"cannot provision hub model {repo}@{rev}: {type(exc).__name__}: {reason}"
         ) from exc
     try:
-        config = AutoConfig.from_pretrained(snapshot, trust_remote_code=spec["trust_remote_code"])
+        config = AutoConfig.from_pretrained(snapshot, trust_remote_code=m.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable snapshot
         raise ProvisionError(f"hub model {repo}@{rev}: unreadable config: {exc}") from exc
     archs = getattr(config, "architectures", None) or []
