@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, read_yaml, validate_schema
-from pipeline.depth.spec import resolve_spec
+from pipeline.config import ConfigError, read_yaml, schema_defaults, validate_schema
+from pipeline.depth.spec import depth_spec
 from pipeline.memory_plan import model_shape
 from pipeline.rl.config import RLConfig
 from pipeline.settings import Benchmark, BuiltinModel, Config, GgufModel, Model
@@ -85,7 +85,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise ConfigError("config error at rl.trainer.temperature: 0 (greedy) gives a "
                               "group identical rollouts, so every advantage is 0")
     try:
-        resolve_spec(c.analysis.depth)
+        depth_spec(c.analysis.depth)
     except ValueError as exc:
         raise ConfigError(f"config error at analysis.depth: {exc}") from None
     for where, chosen in (("analysis.models", c.analysis.models),
@@ -97,6 +97,18 @@ def _check_semantics(config: dict[str, Any]) -> None:
     for name, bench in c.evaluation.benchmarks.items():
         _check_benchmark(f"config error at evaluation.benchmarks.{name}", bench, cd.splits)
     _check_layers(c)
+    rhythm, knobs = c.rl.trainer.rhythm, schema_defaults("analysis", "attention")
+    for where, lo, hi in (("analysis.attention", c.analysis.attention.h_lo,
+                           c.analysis.attention.h_hi),
+                          ("rl.trainer.rhythm",  # unset: pipeline.attention.rhythm's defaults
+                           rhythm.h_lo if rhythm and rhythm.h_lo is not None else knobs["h_lo"],
+                           rhythm.h_hi if rhythm and rhythm.h_hi is not None else knobs["h_hi"])):
+        if lo > hi:
+            raise ConfigError(f"config error at {where}.h_lo: {lo} > h_hi {hi} (FAI reads "
+                              "the window s+h_lo..s+h_hi)")
+    if rl.enabled and c.comparison.baseline not in (*rl.methods, "base"):
+        raise ConfigError(f"config error at comparison.baseline: {c.comparison.baseline!r} is "
+                          f"not one of rl.methods {list(rl.methods)} (or 'base')")
     try:
         resolve_tracking_uri(c.mlflow.tracking_uri, c.results_dir)
     except ValueError as exc:

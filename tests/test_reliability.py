@@ -46,6 +46,18 @@ FAULTS = [  # (key path to set, value, the key path the error must name, words i
     ("rl.trainer.seed", 3, "rl.trainer.seed", "set by the DAG"),
     ("rl.trainer.group_size", 0, "rl.trainer.group_size", "less than the minimum of 1"),
     ("rl.trainer.updates_per_batch", 3, "rl.trainer", "does not split"),
+    ("seeds", [0, 0], "seeds", "non-unique"),
+    ("results_dir", "", "results_dir", "non-empty"),
+    ("mlflow.experiment_name", "", "mlflow.experiment_name", "non-empty"),
+    ("analysis.attention.h_lo", 200, "analysis.attention.h_lo", "200 > h_hi 100"),
+    ("rl.trainer.rhythm", {"h_lo": 500}, "rl.trainer.rhythm.h_lo", "500 > h_hi 100"),
+    ("comparison.baseline", "ppo", "comparison.baseline", "not one of rl.methods"),
+    ("analysis.depth", {"tuned": {"steps": -1}}, "analysis.depth", "tuned.steps must be >= 0"),
+    ("analysis.depth", {"batch_size": 0}, "analysis.depth", "batch_size must be >= 1"),
+    ("analysis.depth", {"facts": {"n_facts": "many"}}, "analysis.depth",
+     "facts.n_facts must be an integer"),
+    ("analysis.depth", {"lenses": ["tuned", "tuned"]}, "analysis.depth", "repeat a lens"),
+    ("analysis.depth", {"tuned": {"stepz": 3}}, "analysis.depth", "unknown key tuned.stepz"),
 ]
 
 
@@ -93,11 +105,22 @@ def test_check_config_command(tmp_path: Path) -> None:
         f"error: check-config: ConfigError: config error: {bad}{YAML_FAULTS[0][1]}"), lines
 
 
+def test_numbers_written_as_strings_in_the_depth_spec() -> None:
+    """``analysis.depth`` is typed by :class:`pipeline.depth.spec.DepthSpec`, not the schema:
+    its numbers written as strings are read there."""
+    from pipeline.depth.spec import depth_spec
+
+    s = depth_spec({"tuned": {"weight_decay": "1e-3", "steps": "5"}, "batch_size": "8"})
+    assert (s.tuned.weight_decay, s.tuned.steps, s.batch_size) == (1e-3, 5, 8)
+    assert type(s.tuned.steps) is int and type(s.tuned.weight_decay) is float
+
+
 @pytest.mark.parametrize("path, text, want", [
     ("rl.trainer.lr", "1e-4", 1e-4),
     ("rl.trainer.steps", "3", 3),
     ("analysis.attention.window", "12", 12),
     ("evaluation.benchmarks.countdown.temperature", "0.7", 0.7),
+    ("rl.trainer.betas", ["0.9", "9.9e-1"], [0.9, 0.99]),
 ])
 def test_numbers_written_as_strings_are_numbers(path, text, want) -> None:
     conf = cfg.validate(_set(SMOKE, path, text))

@@ -47,7 +47,7 @@ class Baseline:
     source: Source = "wikipedia"
     n_prompts: int = 150
     min_words: int = 16
-    max_words: int = 48
+    max_words: int | None = 48  # None: whole passages
     seed: int = 0
 
 
@@ -80,7 +80,7 @@ class Pos:
     source: Source | None = None
     seed: int | None = None
     min_words: int = 8
-    max_words: int = 48
+    max_words: int | None = 48  # None: whole passages
     function_tags: list[str] = field(default_factory=lambda: list(FUNCTION_TAGS))
     content_tags: list[str] = field(default_factory=lambda: list(CONTENT_TAGS))
     spacy_model: str = SPACY_MODEL
@@ -226,26 +226,53 @@ def depth_spec(spec: DepthSpec | Mapping[str, Any] | None) -> DepthSpec:
         return spec
     full = resolve_spec(spec)
     sections = {f.name: f.type for f in fields(DepthSpec)}
-    return DepthSpec(**{k: _section(globals()[sections[k]], v) if sections[k] in _SECTIONS
-                        else _number(sections[k], v) for k, v in full.items()})
+    out = DepthSpec(**{k: _section(globals()[sections[k]], v, k) if sections[k] in _SECTIONS
+                       else _number(sections[k], v, k) for k, v in full.items()})
+    if len(set(out.lenses)) != len(out.lenses):
+        raise ValueError(f"depth spec: lenses {out.lenses} repeat a lens")
+    for path in _POSITIVE:
+        value = out
+        for part in path.split("."):
+            value = getattr(value, part)
+        if value < 1:
+            raise ValueError(f"depth spec: {path} must be >= 1, got {value}")
+    return out
+
+
+#: Sizes that must be at least 1 (the other whole numbers at least 0).
+_POSITIVE = ("batch_size", "tuned.tokens_per_step", "tuned.seq_len", "tuned.heldout_windows",
+             "tuned.heldout_seq_len", "decision_depth.n_ks", "decision_depth.k_max",
+             "mcq.n_problems", "facts.max_answer_tokens", "facts.min_answer_tokens")
 
 
 _SECTIONS = {"Tuned", "Baseline", "Frequency", "Facts", "Mcq", "Pos", "DecisionDepth",
              "Claims", "Builtin"}
 
 
-def _section(cls: type, values: Mapping[str, Any]) -> Any:
+def _section(cls: type, values: Mapping[str, Any], at: str) -> Any:
     types = {f.name: f.type for f in fields(cls)}
-    return cls(**{k: _number(types[k], v) for k, v in values.items()})
+    return cls(**{k: _number(types[k], v, f"{at}.{k}") for k, v in values.items()})
 
 
-def _number(annotation: str, value: Any) -> Any:
-    """A string that spells a number, where the field wants an int or a float, as that
-    number (YAML reads ``1e-3`` as a string; analysis.depth is free-form in the schema)."""
+def _number(annotation: str, value: Any, at: str) -> Any:
+    """``value`` checked against a field typed ``annotation``: a string that spells a
+    number, where the field wants an int or a float, as that number (YAML reads ``1e-3``
+    as a string; analysis.depth is free-form in the schema); a non-number there, or a
+    negative one, is a ValueError naming the key."""
     kinds = {t.strip() for t in annotation.split("|")}
-    if not isinstance(value, str) or not kinds & {"int", "float"} or "str" in kinds:
+    if not kinds & {"int", "float"} or "str" in kinds or "Source" in kinds:
         return value
-    return number_from_string(value, integer="float" not in kinds)
+    if value is None and "None" in kinds:
+        return None
+    if isinstance(value, str):
+        value = number_from_string(value, integer="float" not in kinds)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not (whole or ("float" in kinds and isinstance(value, float))):
+        kind = "a number" if "float" in kinds else "an integer"
+        raise ValueError(f"depth spec: {at} must be {kind}, got {value!r}")
+    if value < 0:
+        raise ValueError(f"depth spec: {at} must be >= 0, got {value}")
+    return value
 
 
 def is_builtin(tokenizer, spec: DepthSpec | Mapping[str, Any]) -> bool:
