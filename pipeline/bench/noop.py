@@ -1,5 +1,6 @@
 """What a no-op rerun costs (issue 25): ``snakemake`` on a finished results tree, against
-``python -c 'import snakemake'`` (the floor: Snakemake's own start-up), median of
+``python -c 'import snakemake'`` and ``snakemake --version`` (Snakemake's own CLI
+start-up, the floor), median of
 ``--repeat`` runs each, measured in one run; plus what the Snakefile's main process
 imports (neither torch nor transformers).
 
@@ -54,13 +55,17 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: not a no-op: the results tree is not finished "
                          "(run `snakemake --cores all` first, or pass --dry-run)")
     floor = [_time([sys.executable, "-c", "import snakemake"])[0] for _ in range(args.repeat)]
+    cli = [_time([sys.executable, "-m", "snakemake", "--version"])[0]
+           for _ in range(args.repeat)]
     ours = [_time(snake)[0] for _ in range(args.repeat)]
     _, loaded = _time([sys.executable, "-c", IMPORTS, args.configfile])
-    f, o = statistics.median(floor), statistics.median(ours)
+    f, c, o = statistics.median(floor), statistics.median(cli), statistics.median(ours)
     what = "snakemake -n" if args.dry_run else "no-op snakemake"
-    print(f"{'command':<34}{'median s':>10}  (of {args.repeat})")
-    print(f"{'python -c import snakemake':<34}{f:>10.2f}")
-    print(f"{what + ' ' + args.configfile:<34}{o:>10.2f}")
-    print(f"ratio {o / f:.2f}x; above the floor {o - f:.2f} s")
+    print(f"{'command':<40}{'median s':>10}  (of {args.repeat})")
+    print(f"{'python -c import snakemake':<40}{f:>10.2f}")
+    print(f"{'python -m snakemake --version':<40}{c:>10.2f}")
+    print(f"{what + ' ' + args.configfile:<40}{o:>10.2f}")
+    print(f"ratio to import snakemake {o / f:.1f}x, to snakemake --version {o / c:.2f}x; "
+          f"above --version {o - c:.2f} s")
     print(f"heavy modules the main process imports: {loaded.strip()}")
     return 0
