@@ -105,8 +105,11 @@ def test_mcq_study_passes_the_spec_convention(monkeypatch):
                                            for x in _option_table())
         flags = option_flags(ranks, logits, dominate, choice,
                              include_embedding=include_embedding)
+        n, cols = ranks.shape[0], ranks.shape[1]
         return {name: {"option_ranks": ranks.numpy(), "dominate": dominate.numpy(),
-                       "choice": choice.numpy(), **{k: v.numpy() for k, v in flags.items()}}
+                       "choice": choice.numpy(), **{k: v.numpy() for k, v in flags.items()},
+                       "top1": np.zeros((n, cols), int), "final": np.zeros(n, int),
+                       "maxprob": np.full((n, cols), 0.5)}  # (the exit curves' reads)
                 for name in lenses}
 
     monkeypatch.setattr(case_studies, "multi_lens_predictions", fake_predictions)

@@ -268,8 +268,10 @@ def test_builtin_path(tiny_model, char_tokenizer):
     assert claim(summary, "valid options", "logit")["holds"] is None
     assert BUILTIN_TEXT_KIND in claim(summary, "function words", "tuned")["claim"]
     assert "spaCy" in summary["pos"] and "pos" not in tables
+    check_exit(tables, summary, L, {"all", *TOKEN_CLASSES})
     render(tables, summary, "tiny", {"kl_per_layer.png", "decision_depth.png",
-                                     "bucket_mix.png", "flip_rates.png", "token_classes.png"})
+                                     "bucket_mix.png", "flip_rates.png", "token_classes.png",
+                                     "exit_curves.png"})
 
 
 def test_text_path(text_world, fake_sources):
@@ -325,10 +327,27 @@ def test_text_path(text_world, fake_sources):
         assert c4["measured"]["median_choice_settled_layer_stays"] == float(np.median(settled))
         assert c4["holds"] == bool(np.median(dom) <= L / 2 and np.median(settled) > L / 2)
     check_pos(tables, summary, sources, tok)
+    check_exit(tables, summary, L, {"all", "first answer token", "later answer tokens",
+                                    "MCQ letter", "function words", "content words"})
     render(tables, summary, "word", {"kl_per_layer.png", "decision_depth.png",
                                      "bucket_mix.png", "flip_rates.png",
                                      "facts_earliest_layer.png", "mcq_layers.png",
-                                     "pos_earliest_layer.png", "pos_decision_depth.png"})
+                                     "pos_earliest_layer.png", "pos_decision_depth.png",
+                                     "exit_curves.png"})
+
+
+def check_exit(tables: dict, summary: dict, L: int, classes: set[str]) -> None:
+    """The exit-curve table (methods §4.10): every head, rule and class; a rule that cannot
+    stop before L (m ≥ L) uses every block and agrees fully; ``all`` counts the BASELINE
+    reads."""
+    ex = tables["exit_curves"]
+    assert set(ex.lens) == set(summary["lenses"]) and set(ex.token_class) == classes
+    assert set(ex.rule) == {"confidence", "stability"} and (ex.num_layers == L).all()
+    never = ex[(ex.rule == "stability") & (ex.threshold >= L) & (ex.n > 0)]
+    assert len(never) and (never.fraction == 1).all() and (never.agreement == 1).all()
+    assert (ex[ex.token_class == "all"].n == len(tables["baseline_prompts"])).all()
+    assert (ex.layers_used.between(1, L) | (ex.n == 0)).all()
+    assert set(summary["exit"]["token_classes"]) == classes
 
 
 def check_pos(tables: dict, summary: dict, sources: dict, tok) -> None:

@@ -41,10 +41,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "first_word_with_tag", "mcq_prompts", "passage_order", "pos_prompts",
         "pos_token_prompts", "split_continuation", "teacher_forced_fact_prompts", "upos_tag",
     ),
+    "options": ("option_ranks", "option_token_ids", "predict_options"),
     "ranks": (
-        "LensPredictions", "layer_pass", "layer_top1", "lens_predictions", "option_ranks",
-        "option_token_ids", "predict_options", "predict_prompts", "strict_rank",
-        "target_ranks",
+        "LensPredictions", "layer_pass", "layer_top1", "lens_predictions", "predict_prompts",
+        "strict_rank", "target_ranks",
     ),
     "readout": ("Readout", "capture_hidden", "last_positions", "pad_token_ids"),
     "tuned": ("pack_texts", "per_layer_kl", "train_tuned_lens"),

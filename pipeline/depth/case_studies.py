@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.depth.data import Preds, shuffled
+from pipeline.depth.exit import exit_curves
 from pipeline.depth.lens import TunedLens
 from pipeline.depth.metrics import decision_depth_curve, earliest_layer
+from pipeline.depth.options import option_token_ids
 from pipeline.depth.prompts import (
     first_tagged_words,
     mcq_prompts,
@@ -51,10 +53,11 @@ from pipeline.depth.prompts import (
     upos_tag,
     word_count,
 )
-from pipeline.depth.ranks import multi_lens_predictions, option_token_ids
+from pipeline.depth.ranks import multi_lens_predictions
 from pipeline.depth.spec import BUILTIN_TEXT_KIND, TOKEN_CLASSES, DepthSpec, depth_spec
 
 Lenses = Mapping[str, TunedLens | None]
+EXIT_PART = "exit_curves"  # a study's share of the exit-curve table (methods §4.10)
 Study = tuple[dict[str, pd.DataFrame], Any]  # (tables, the summary's entry)
 _OPERATORS = set("+-*/=")
 _BRACKETS = set("()")
@@ -186,7 +189,9 @@ def facts_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: L
     fsum = earliest_summary(detail, "answer_token", num_layers=num_layers)
     first = fsum[fsum.variant == "first"]
     lens0 = first[first.lens == next(iter(preds))]
-    return {"facts": detail, "facts_summary": fsum}, {
+    at = np.asarray([r["answer_token"] for r in recs])
+    exits = exit_curves(preds, {"first answer token": at == 1, "later answer tokens": at > 1})
+    return {"facts": detail, "facts_summary": fsum, EXIT_PART: exits}, {
         "n_facts": n_kept, "n_prompts": len(recs),
         "n_correct": {int(r.answer_token): int(r.n_correct) for r in lens0.itertuples()},
         "n_total": {int(r.answer_token): int(r.n_total) for r in lens0.itertuples()},
@@ -250,7 +255,8 @@ def mcq_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: Len
         rows.append(pd.DataFrame(d))
     mcq = pd.concat(rows, ignore_index=True)
     n_tok = [len(tokenizer(p["prompt"]).input_ids) for p in prompts]
-    return {"mcq": mcq, "mcq_layers": mcq_layer_table(preds)}, {
+    exits = exit_curves(preds, {"MCQ letter": np.ones(len(prompts), dtype=bool)})
+    return {"mcq": mcq, "mcq_layers": mcq_layer_table(preds), EXIT_PART: exits}, {
         "n_problems": len(prompts), "shots": ms.shots,
         "option_token_ids": list(map(int, opt_ids)),
         "mean_prompt_tokens": float(np.mean(n_tok)) if n_tok else math.nan,
@@ -356,7 +362,10 @@ def pos_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: Len
     summ.insert(3, "word_class", np.where(summ.upos.isin(ps.function_tags), "function",
                                           "content"))
     dd = pd.concat(curves, ignore_index=True)
-    tables = {"pos": detail, "pos_summary": summ,
+    function = np.isin(upos, list(ps.function_tags))
+    ok = next(iter(preds.values()))["evaluated"]  # lens rows exist for correct reads only
+    exits = exit_curves(preds, {"function words": function & ok, "content words": ~function & ok})
+    tables = {"pos": detail, "pos_summary": summ, EXIT_PART: exits,
               "pos_decision_depth": dd[["lens", "upos", "word_class",
                                         *[c for c in dd.columns
                                           if c not in ("lens", "upos", "word_class")]]]}

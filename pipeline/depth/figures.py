@@ -219,6 +219,10 @@ def figures(tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any],
     if "pos_decision_depth" in tables and len(tables["pos_decision_depth"]):
         out["pos_decision_depth.png"] = pos_decision_depth_figure(tables["pos_decision_depth"],
                                                                   model_name)
+    if "exit_curves" in tables and len(tables["exit_curves"]):
+        from pipeline.depth.exit import exit_figure
+
+        out["exit_curves.png"] = exit_figure(tables["exit_curves"], model_name)
     if "token_class_summary" in tables and len(tables["token_class_summary"]):
         out["token_classes.png"] = token_class_figure(tables["token_class_summary"],
                                                       model_name)

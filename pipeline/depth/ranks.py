@@ -12,11 +12,12 @@ default target is the model's greedy token: the argmax of the final logits
 
 The read-out of a captured tensor is one set of functions that every entry point shares:
 :func:`output_top1` (the model's own output), :func:`lens_logits` (a lens's logits per
-layer), :func:`read_lenses` (ranks, top-1 and option reads of several lenses from one
-captured tensor) and :func:`option_flags`. :func:`lens_predictions` / :func:`option_ranks`
+layer), :func:`read_lenses` (ranks, top-1, max probability and option reads of several
+lenses from one captured tensor) and :func:`option_flags`. :func:`lens_predictions` /
+:func:`pipeline.depth.options.option_ranks`
 read one batch; :func:`multi_lens_predictions` reads many prompts for several lenses from
-one forward per batch (and at several positions per prompt), and :func:`predict_prompts` /
-:func:`predict_options` are its one-lens views.
+one forward per batch (and at several positions per prompt), and :func:`predict_prompts`
+(and :func:`pipeline.depth.options.predict_options`) are its one-lens views.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def read_lenses(
     option_ids: Sequence[int] | Tensor | None = None,
 ) -> dict[Any, dict[str, Tensor]]:
     """Read several lenses from one captured ``hs`` [L+1, n, d]: ``{lens name: {"top1"
-    [n, L+1], "ranks" [n, L+1] (strict rank of ``targets`` [n]; only with targets)}}``, and
+    [n, L+1], "maxprob" [n, L+1] (the lens distribution's largest probability, fp32),
+    "ranks" [n, L+1] (strict rank of ``targets`` [n]; only with targets)}}``, and
     with ``option_ids`` (K tokens) ``"option_ranks"`` [n, L+1, K] (strict full-vocabulary
     ranks), ``"dominate"`` [n, L+1] (every option logit above every other logit) and
     ``"option_logits"`` [n, L+1, K] (fp32). CPU tensors; ``readout.chunks`` rows at a time."""
@@ -94,7 +96,8 @@ def read_lenses(
     opt = None if option_ids is None else torch.as_tensor(list(option_ids), dtype=torch.long)
     out: dict[Any, dict[str, Tensor]] = {}
     for name in lenses:
-        r = {"top1": torch.empty(n_rows, n_cols, dtype=torch.long)}
+        r = {"top1": torch.empty(n_rows, n_cols, dtype=torch.long),
+             "maxprob": torch.empty(n_rows, n_cols, dtype=torch.float32)}
         if targets is not None:
             r["ranks"] = torch.empty(n_rows, n_cols, dtype=torch.long)
         if opt is not None:
@@ -109,7 +112,10 @@ def read_lenses(
             for layer, z in lens_logits(hs, lens, readout, rows):
                 if t is not None:
                     r["ranks"][rows, layer] = strict_rank(z, t).cpu()
-                r["top1"][rows, layer] = z.argmax(-1).cpu()
+                top = z.max(-1)
+                r["top1"][rows, layer] = top.indices.cpu()
+                r["maxprob"][rows, layer] = (top.values.float()
+                                             - torch.logsumexp(z.float(), -1)).exp().cpu()
                 if opt is not None:
                     o = opt.to(z.device)
                     zo = z.index_select(1, o)  # [n, K]
@@ -308,7 +314,8 @@ def multi_lens_predictions(
 ) -> dict[str, dict[str, np.ndarray]]:
     """:func:`predict_prompts` (and, with ``option_ids``, :func:`predict_options`) for
     several lenses from *one* forward per batch (same left-padded, length-sorted batches).
-    Returns ``{lens name: {"ranks" [N, L+1], "top1" [N, L+1], "final" [N], "targets" [N]}}``
+    Returns ``{lens name: {"ranks" [N, L+1], "top1" [N, L+1], "maxprob" [N, L+1], "final" [N],
+    "targets" [N]}}``
     (+ with options: ``"option_ranks"`` [N, L+1, K], ``"choice"``, ``"dominate"``,
     ``"choice_top1"``, ``"choice_settled"`` and their ``_layer`` / ``_layer_stays`` first
     layers, as :func:`option_ranks`; ``include_embedding`` as in :func:`option_flags`).
@@ -342,7 +349,9 @@ def multi_lens_predictions(
     evaluated = np.zeros(n, dtype=bool)
     res: dict[str, dict[str, np.ndarray]] = {
         name: {"ranks": np.full((n, n_layers + 1), -1, dtype=np.int64),
-               "top1": np.full((n, n_layers + 1), -1, dtype=np.int64)} for name in lenses}
+               "top1": np.full((n, n_layers + 1), -1, dtype=np.int64),
+               "maxprob": np.full((n, n_layers + 1), np.nan, dtype=np.float32)}
+        for name in lenses}
     opt = None if option_ids is None else torch.as_tensor(list(option_ids), dtype=torch.long)
     if opt is not None:
         k = opt.numel()
@@ -420,85 +429,3 @@ def predict_prompts(
     r = multi_lens_predictions(model, tokenizer, prompts, {"lens": lens}, targets=targets,
                                batch_size=batch_size, progress=progress, desc="lens")["lens"]
     return LensPredictions(r["ranks"], r["top1"], r["final"], r["targets"])
-
-
-# --- multiple choice ------------------------------------------------------------------------
-
-def option_token_ids(tokenizer, letters: Sequence[str] = ("A", "B", "C", "D"), *,
-                     prefix: str = " ") -> list[int]:
-    """Token id of each option letter as it follows ``"Answer:"`` (the last token of
-    ``prefix + letter``, as :mod:`pipeline.evaluation` scores MMLU); must be distinct."""
-    ids = [tokenizer(f"{prefix}{L}", add_special_tokens=False).input_ids[-1] for L in letters]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"option letters {list(letters)} do not map to distinct tokens")
-    return ids
-
-
-def option_ranks(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    option_ids: Sequence[int],
-    *,
-    lens: TunedLens | None = None,
-    chunk_rows: int | None = None,
-    readout: Readout | None = None,
-    include_embedding: bool = False,
-) -> dict[str, Tensor]:
-    """Option tokens' ranks per layer at the last position (docs/methods.md §4 case study iii).
-
-    Returns (Long/bool tensors on ``input_ids.device``; K = len(option_ids)):
-
-    - ``"ranks"`` [B, L+1, K]: strict full-vocabulary rank of each option token;
-    - ``"choice"`` [B]: the model's final choice, argmax of the K option logits at the
-      output (as MMLU is scored; lowest option on a tie);
-    - ``"dominate"`` [B, L+1]: the options occupy the top K, i.e. every option logit is
-      strictly greater than every non-option logit (``min option > max non-option``);
-    - ``"choice_top1"`` [B, L+1]: the chosen option is the lens's top-1 (strict rank 1);
-    - ``"choice_settled"`` [B, L+1]: the chosen option is strictly above the other
-      options (the choice among them is made, whatever the non-option tokens do);
-    - ``"dominate_layer"``, ``"choice_top1_layer"``, ``"choice_settled_layer"`` [B]: first
-      layer where the flag holds (−1 if never); ``"<flag>_layer_stays"``: first layer from
-      which it holds through h[L] (a choice "settled" by chance at h[1] and lost again
-      counts only in the first variant). Both search h[1]..h[L] (the decision-depth
-      convention, docs/methods.md §4.4) unless ``include_embedding`` (h[0]..h[L]).
-    """
-    opt = torch.as_tensor(list(option_ids), dtype=torch.long)
-    readout, hs = _capture(model, input_ids, attention_mask, chunk_rows, readout)
-    final_opt = torch.empty(hs.shape[1], opt.numel(), dtype=torch.float32)
-
-    def on_final(rows: slice, z: Tensor) -> None:  # the model's choice, not the lens's
-        final_opt[rows] = z.index_select(1, opt.to(z.device)).cpu()
-
-    output_top1(hs, readout, on_final)
-    r = read_lenses(hs, {"lens": lens}, readout, option_ids=opt)["lens"]
-    choice = final_opt.argmax(-1)
-    flags = option_flags(r["option_ranks"], r["option_logits"], r["dominate"], choice,
-                         include_embedding=include_embedding)
-    out = {"ranks": r["option_ranks"], "choice": choice, "dominate": r["dominate"], **flags}
-    return {k: v.to(input_ids.device) for k, v in out.items()}
-
-
-def predict_options(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str | Sequence[int]],
-    option_ids: Sequence[int],
-    *,
-    lens: TunedLens | None = None,
-    batch_size: int = 8,
-    progress: bool = False,
-    include_embedding: bool = False,
-) -> dict[str, np.ndarray]:
-    """:func:`option_ranks` over many prompts (left-padded, length-sorted batches;
-    :func:`multi_lens_predictions` with one lens); the same keys, as numpy arrays in prompt
-    order."""
-    if not prompts:
-        return {}
-    r = multi_lens_predictions(model, tokenizer, prompts, {"lens": lens},
-                               option_ids=option_ids, batch_size=batch_size,
-                               progress=progress, desc="options",
-                               include_embedding=include_embedding)["lens"]
-    keys = ["choice", "dominate", "choice_top1", "choice_settled",
-            *[f"{flag}_layer{v}" for flag in OPTION_FLAGS for v in ("", "_stays")]]
-    return {"ranks": r["option_ranks"], **{k: r[k] for k in keys}}

@@ -299,7 +299,7 @@ def output_tables(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list
     s = depth_spec(spec)
     names = ["lens_history"] if "tuned" in s.lenses else []
     names += ["kl", "frequency", "baseline_prompts", "baseline", "decision_depth",
-              "bucket_mix", "flip_rates"]
+              "bucket_mix", "flip_rates", "exit_curves"]
     if builtin:
         return names + ["token_classes", "token_class_summary"]
     names += ["facts", "facts_summary", "mcq", "mcq_layers"]
@@ -311,7 +311,8 @@ def output_tables(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list
 def output_figures(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list[str]:
     """File names of the figures :func:`pipeline.depth.figures.figures` draws from those
     tables (same caveats as :func:`output_tables`)."""
-    names = ["kl_per_layer.png", "decision_depth.png", "bucket_mix.png", "flip_rates.png"]
+    names = ["kl_per_layer.png", "decision_depth.png", "bucket_mix.png", "flip_rates.png",
+             "exit_curves.png"]
     if builtin:
         return names + ["token_classes.png"]
     names += ["facts_earliest_layer.png", "mcq_layers.png"]

@@ -56,6 +56,7 @@ import pandas as pd
 from torch import nn
 
 from pipeline.depth.case_studies import (
+    EXIT_PART,
     facts_study,
     mcq_study,
     pos_prompt_set,
@@ -74,6 +75,7 @@ from pipeline.depth.data import (
     frequency_table,
     stage_texts,
 )
+from pipeline.depth.exit import best_points, exit_curves
 from pipeline.depth.figures import figures
 from pipeline.depth.lens import TunedLens
 from pipeline.depth.metrics import frequency_ranks
@@ -214,6 +216,8 @@ def run_depth(
                                   builtin=builtin, include_embedding=emb))
     summary["baseline"] = baseline_summary(tables, list(preds), builtin=builtin,
                                            source=sources.get("baseline", sources.get("all")))
+    exit_parts = [exit_curves(preds, _baseline_classes(tokenizer, tables["baseline_prompts"],
+                                                       builtin=builtin))]
     timings["baseline"] = time.perf_counter() - t0
 
     # ---- case studies ------------------------------------------------------------------
@@ -235,7 +239,11 @@ def run_depth(
                                                "source": src, "ks": ks, "num_layers": L}))
     for key, study, kw in studies:
         part, summary[key] = _timed(timings, key, study, **kw)
+        if EXIT_PART in part:
+            exit_parts.append(part.pop(EXIT_PART))
         tables.update(part)
+    tables["exit_curves"] = pd.concat(exit_parts, ignore_index=True)
+    summary["exit"] = exit_summary(tables["exit_curves"])
     if builtin:
         summary["facts"] = summary["mcq"] = f"not run: {BUILTIN_TEXT_KIND}"
         summary["pos"] = (f"POS case study not run on {BUILTIN_TEXT_KIND} (no natural text "
@@ -252,6 +260,31 @@ def run_depth(
         if "model" not in df.columns:
             df.insert(0, "model", model_name)
     return tables, _clean(summary), lens
+
+
+def _baseline_classes(tokenizer, prompts: pd.DataFrame, *,
+                      builtin: bool) -> dict[str, np.ndarray]:
+    """Token classes of the BASELINE reads for the exit curves: every read, and on
+    builtin-task text the class of its true next token (:func:`token_class`)."""
+    out = {"all": np.ones(len(prompts), dtype=bool)}
+    if builtin:
+        cls = np.asarray([token_class(tokenizer.decode([int(t)])) for t in prompts.true_next])
+        out.update({c: cls == c for c in TOKEN_CLASSES})
+    return out
+
+
+def exit_summary(curves: pd.DataFrame) -> dict[str, Any]:
+    """The summary's ``exit`` entry: per head and rule, the cheapest threshold whose
+    agreement on every BASELINE read is ≥ 98 % (methods §4.10), and its fraction of layers."""
+    best = best_points(curves, min_agreement=0.98)
+    return {
+        "definition": "simulated early exit (docs/methods.md §4.10): lens as exit head, rules "
+                      "confidence (max prob >= tau) and stability (top-1 unchanged m layers)",
+        "best_at_98": {f"{r.lens}/{r.rule}": {"threshold": r.threshold,
+                                               "fraction": r.fraction,
+                                               "agreement": r.agreement}
+                       for r in best.itertuples()},
+        "token_classes": sorted(set(curves.token_class))}
 
 
 def _train_lens(model: nn.Module, tokenizer, t: Tuned, texts: list[str], *,
