@@ -327,6 +327,11 @@ def test_text_path(text_world, fake_sources):
         assert c4["measured"]["median_choice_settled_layer_stays"] == float(np.median(settled))
         assert c4["holds"] == bool(np.median(dom) <= L / 2 and np.median(settled) > L / 2)
     check_pos(tables, summary, sources, tok)
+    guess = tables["facts_guess"]  # the early-guess probe: one first-token read per fact
+    n_first = int((facts[facts.lens == "logit"].answer_token == 1).sum())
+    assert set(guess.statistic) == {"depth", "persists", "early_guess"}
+    assert ((guess.n_correct + guess.n_wrong) == n_first).all()
+    assert set(summary["facts"]["early_guess"]) == set(summary["lenses"])
     check_exit(tables, summary, L, {"all", "first answer token", "later answer tokens",
                                     "MCQ letter", "function words", "content words"})
     render(tables, summary, "word", {"kl_per_layer.png", "decision_depth.png",

@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.claims.common import PAPER_DEPTH, figure, join, mismatch_note, read_json, rel
+from pipeline.claims.common import (
+    PAPER_DEPTH,
+    figure,
+    join,
+    mismatch_note,
+    read_json,
+    rel,
+    unjudged,
+)
 from pipeline.claims.record import ClaimRecord
 from pipeline.claims.stats import Interval, bootstrap_ci
 from pipeline.claims.verdict import Between, Criterion, Greater, make_record
@@ -219,6 +227,36 @@ def facts_claim(c: Ctx, lens: str) -> ClaimRecord:
     return below_min_n(rec, ns, [1, *others], c.min_n)
 
 
+def guess_claim(c: Ctx, lens: str) -> ClaimRecord:
+    """``depth.early_guess_wrong`` (extension, descriptive, methods §4.11): the share of
+    wrong first answer tokens that were an early layer's top-1 − that share among correct
+    ones, with its bootstrap interval over facts (``facts_guess.parquet``)."""
+    kw: dict[str, Any] = dict(
+        claim_id="depth.early_guess_wrong", lens=lens,
+        claim="do wrong first answer tokens come from early guesses the later layers fail "
+              "to correct? (wrong − correct: share whose token was an early layer's top-1)",
+        metric="early-guess rate, wrong − correct first answer tokens",
+        criterion=Greater(0.0), fig="facts_earliest_layer")
+    table = c.table("facts_guess")
+    row = None if table is None else table[(table.lens == lens)
+                                           & (table.statistic == "early_guess")]
+    if c.builtin or row is None or row.empty or not math.isfinite(float(row["diff"].iloc[0])):
+        why = ("not measurable on builtin-task text" if c.builtin
+               else "no facts_guess table (case study not run)" if row is None or row.empty
+               else "every first answer token is correct, or every one is wrong")
+        return c.record(iv=None, value=math.nan, reason=why, **kw)
+    r = row.iloc[0]
+    iv = Interval(float(r["diff"]), float(r.diff_lo), float(r.diff_hi),
+                  int(r.n_correct + r.n_wrong), "bootstrap")
+    return unjudged(claim_id=f"{kw['claim_id']}.{lens}", paper=PAPER_DEPTH, claim=kw["claim"],
+                    model=c.model, run=c.model, split="depth prompts",
+                    metric=f"{kw['metric']} ({lens} lens)", interval=iv,
+                    criterion="none: a question, no paper value (descriptive)",
+                    reason=f"{int(r.n_wrong)} wrong, {int(r.n_correct)} correct first tokens; "
+                           f"early-guess rates {r.mean_wrong:.3f} vs {r.mean_correct:.3f}",
+                    figure=c.fig("facts_earliest_layer"))
+
+
 def below_min_n(rec: ClaimRecord, ns: Mapping[Any, int], groups: Sequence[Any],
                 min_n: int) -> ClaimRecord:
     """A record computed with a group of fewer than ``min_n`` prompts is ``inconclusive``
@@ -276,5 +314,6 @@ def depth_claims(root: str | Path, model: str) -> list[ClaimRecord]:
         out += freq_claims(c, lens)
         out.append(function_words_claim(c, lens))
         out.append(facts_claim(c, lens))
+        out.append(guess_claim(c, lens))
         out += mcq_claims(c, lens)
     return out

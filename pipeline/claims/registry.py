@@ -190,6 +190,10 @@ SPECS: tuple[ClaimSpec, ...] = (
     ClaimSpec("depth.fact_first_token", _D, "§ case study (ii), fact recall",
               "the first token of a multi-token answer needs the most depth",
               "natural-text facts", requires="natural text (not builtin-task text)"),
+    ClaimSpec("depth.early_guess_wrong", _D, "§ conclusion (open question)",
+              "do wrong first answer tokens come from early guesses the later layers fail "
+              "to correct? (descriptive)", "natural-text facts", source="extension",
+              requires="natural text (not builtin-task text)"),
     ClaimSpec("depth.mcq_options_early", _D, "§ case study (iii), Fig. 1c",
               "valid options reach the top within the first half of the layers",
               "MMLU-style multiple choice", "first half",

@@ -38,6 +38,7 @@ import pandas as pd
 
 from pipeline.depth.data import Preds, shuffled
 from pipeline.depth.exit import exit_curves
+from pipeline.depth.guess import guess_reads, probe_table
 from pipeline.depth.lens import TunedLens
 from pipeline.depth.metrics import decision_depth_curve, earliest_layer
 from pipeline.depth.options import option_token_ids
@@ -191,7 +192,17 @@ def facts_study(model, tokenizer, spec: DepthSpec | Mapping[str, Any], lenses: L
     lens0 = first[first.lens == next(iter(preds))]
     at = np.asarray([r["answer_token"] for r in recs])
     exits = exit_curves(preds, {"first answer token": at == 1, "later answer tokens": at > 1})
-    return {"facts": detail, "facts_summary": fsum, EXIT_PART: exits}, {
+    first_tok = at == 1  # one read per fact: the early-guess probe's units (methods §4.11)
+    p0 = next(iter(preds.values()))
+    guess = probe_table({name: guess_reads(p["top1"][first_tok], p["final"][first_tok],
+                                           early_frac=s.claims.early_frac)
+                         for name, p in preds.items()},
+                        (p0["final"] == p0["targets"])[first_tok])
+    return {"facts": detail, "facts_summary": fsum, "facts_guess": guess, EXIT_PART: exits}, {
+        "early_guess": {name: {r.statistic: {"correct": r.mean_correct, "wrong": r.mean_wrong,
+                                              "diff": r.diff, "ci95": [r.diff_lo, r.diff_hi]}
+                               for r in guess[guess.lens == name].itertuples()}
+                        for name in preds},
         "n_facts": n_kept, "n_prompts": len(recs),
         "n_correct": {int(r.answer_token): int(r.n_correct) for r in lens0.itertuples()},
         "n_total": {int(r.answer_token): int(r.n_total) for r in lens0.itertuples()},

@@ -302,7 +302,7 @@ def output_tables(spec: DepthSpec | Mapping[str, Any], *, builtin: bool) -> list
               "bucket_mix", "flip_rates", "exit_curves"]
     if builtin:
         return names + ["token_classes", "token_class_summary"]
-    names += ["facts", "facts_summary", "mcq", "mcq_layers"]
+    names += ["facts", "facts_summary", "facts_guess", "mcq", "mcq_layers"]
     if s.pos.n_passages:
         names += ["pos", "pos_summary", "pos_decision_depth"]
     return names
