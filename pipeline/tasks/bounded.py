@@ -23,6 +23,7 @@ _STARTUP_S = 60.0
 _LOCK = threading.Lock()
 _WORKER: _Worker | None = None
 _TIMEOUTS = 0
+_WARM: set[Check] = set()  # checks already run once in this process
 
 
 def _serve(conn: Connection, check: Check) -> None:
@@ -40,6 +41,9 @@ class _Worker:
     def __init__(self, check: Check) -> None:
         import math_verify  # noqa: F401 - imported once in the parent, inherited by forks
 
+        if check not in _WARM:  # what the first call loads (the LaTeX grammar, sympy's
+            check("\\frac{1}{2}", "0.5")  # parsers) is loaded once here, in the parent,
+            _WARM.add(check)  # so no fork pays it out of an answer's budget
         self.check = check
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe()
