@@ -178,10 +178,13 @@ def generate(
     min_new_tokens: int = 0,
     dtype: torch.dtype | str | None = None,
     static: bool = True,
+    engine: StaticDecoder | None = None,
 ) -> list[Generation]:
     """``n`` responses per prompt; results ordered by (prompt_index, sample_index).
     ``dtype``: compute dtype of the decode loop (None: the model's own); ``static=False``
-    forces the transformers forward instead of the static-cache decoder."""
+    forces the transformers forward instead of the static-cache decoder; ``engine``: a
+    decode engine built from ``model`` beforehand (e.g. :class:`pipeline.early_exit.
+    EarlyExitDecoder`), used instead of :func:`decoder`'s."""
     if n < 1 or batch_size < 1:
         raise ValueError("generate: n and batch_size must be >= 1")
     device = next(model.parameters()).device
@@ -193,7 +196,7 @@ def generate(
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
-    engine = decoder(model, dtype, static=static)
+    engine = decoder(model, dtype, static=static) if engine is None else engine
     out: list[Generation] = []
     try:
         bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="seq")

@@ -181,59 +181,78 @@ class StaticDecoder:
         return (self._fp32[0][:n].view(k.shape).copy_(k),
                 self._fp32[1][:n].view(v.shape).copy_(v))
 
-    @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ``tokens`` [B, S] at ``positions`` [B, S] (``attention_mask`` [B, S]:
-        0 = padding, never attended) and return the last position's logits [B, V]."""
+    def _begin(self, tokens: torch.Tensor, positions: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> tuple:
+        """The residual stream ``x`` [B, S, d] (fp32) of ``tokens``, the rotary ``(cos, sin)``,
+        the attention mask of this call (a decode step's additive bias, or prefill's boolean
+        causal + padding mask) and the cache span ``t:end`` the tokens are written to."""
         b, s = tokens.shape
         t = self.length
         if t + s > self.max_len:
             raise ValueError(f"static cache full: {t} + {s} > {self.max_len} positions")
-        dt = self.dtype
         x = F.embedding(tokens, self.embed).float()  # residual stream [B, S, d], fp32
         cos, sin = self.rotary(x, positions)  # [B, S, hd] fp32
-        cos, sin = cos[:, None], sin[:, None]
         self.valid[:, t:t + s] = True if attention_mask is None else attention_mask.bool()
         end = t + s
         if s == 1:  # decode: additive bias over the cached keys
-            bias = torch.zeros(b, 1, 1, end, device=x.device)
-            bias.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
+            mask = torch.zeros(b, 1, 1, end, device=x.device)
+            mask.masked_fill_(~self.valid[:, None, None, :end], float("-inf"))
         else:  # prefill: causal + padding; a query always sees itself (no empty rows)
             q_pos = torch.arange(t, end, device=x.device)[:, None]
             k_pos = torch.arange(end, device=x.device)[None, :]
             allowed = (k_pos <= q_pos) & self.valid[:, None, :end]  # [B, S, end]
             allowed |= k_pos == q_pos
-            allowed = allowed[:, None]  # [B, 1, S, end]
-        for i, lay in enumerate(self.layers):
-            hd, nq, nkv = lay.head_dim, lay.n_q, lay.n_kv
-            qkv = _project(_rms(x, *lay.ln_in).to(dt), lay.qkv).float()
-            q = qkv[..., :nq * hd].view(b, s, nq, hd)
-            k = qkv[..., nq * hd:(nq + nkv) * hd].view(b, s, nkv, hd)
-            v = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd)
-            if lay.q_norm is not None:
-                q = _rms(q, *lay.q_norm)
-                k = _rms(k, *lay.k_norm)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, hd]
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            self.k[i][:, :, t:end] = k  # rounded to the cache's dtype
-            self.v[i][:, :, t:end] = v
-            if t == 0:  # nothing cached before: attend to the fp32 keys just computed
-                keys, vals = k, v
-            else:
-                keys, vals = self._read(i, end)
-            if s == 1:
-                qg = q.reshape(b, nkv, nq // nkv, hd)  # query heads grouped by KV head
-                w = torch.softmax(torch.matmul(qg, keys.transpose(2, 3)) * lay.scaling + bias,
-                                  dim=-1)
-                a = torch.matmul(w, vals).reshape(b, 1, nq * hd)
-            else:
-                a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed,
-                                                   scale=lay.scaling, enable_gqa=nq != nkv)
-                a = a.transpose(1, 2).reshape(b, s, nq * hd)
-            x = x + F.linear(a.to(dt), *lay.o)
-            g, u = _project(_rms(x, *lay.ln_post).to(dt), lay.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, *lay.down)
+            mask = allowed[:, None]  # [B, 1, S, end]
+        return x, (cos[:, None], sin[:, None]), mask, t, end
+
+    def _block(self, i: int, x: torch.Tensor, rope: tuple, mask: torch.Tensor, t: int,
+               end: int) -> torch.Tensor:
+        """Block ``i`` on the residual stream ``x`` [B, S, d]: its keys and values written to
+        the cache at ``t:end``, the stream after the block returned."""
+        lay, dt = self.layers[i], self.dtype
+        b, s, _ = x.shape
+        cos, sin = rope
+        hd, nq, nkv = lay.head_dim, lay.n_q, lay.n_kv
+        qkv = _project(_rms(x, *lay.ln_in).to(dt), lay.qkv).float()
+        q = qkv[..., :nq * hd].view(b, s, nq, hd)
+        k = qkv[..., nq * hd:(nq + nkv) * hd].view(b, s, nkv, hd)
+        v = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd)
+        if lay.q_norm is not None:
+            q = _rms(q, *lay.q_norm)
+            k = _rms(k, *lay.k_norm)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, hd]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        self.k[i][:, :, t:end] = k  # rounded to the cache's dtype
+        self.v[i][:, :, t:end] = v
+        if t == 0:  # nothing cached before: attend to the fp32 keys just computed
+            keys, vals = k, v
+        else:
+            keys, vals = self._read(i, end)
+        if s == 1:
+            qg = q.reshape(b, nkv, nq // nkv, hd)  # query heads grouped by KV head
+            w = torch.softmax(torch.matmul(qg, keys.transpose(2, 3)) * lay.scaling + mask,
+                              dim=-1)
+            a = torch.matmul(w, vals).reshape(b, 1, nq * hd)
+        else:
+            a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask,
+                                               scale=lay.scaling, enable_gqa=nq != nkv)
+            a = a.transpose(1, 2).reshape(b, s, nq * hd)
+        x = x + F.linear(a.to(dt), *lay.o)
+        g, u = _project(_rms(x, *lay.ln_post).to(dt), lay.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(g) * u, *lay.down)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output head on hidden states ``h`` [..., d] (fp32): final norm, unembedding."""
+        return F.linear(_rms(h, *self.norm).to(self.dtype), *self.head)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``tokens`` [B, S] at ``positions`` [B, S] (``attention_mask`` [B, S]:
+        0 = padding, never attended) and return the last position's logits [B, V]."""
+        x, rope, mask, t, end = self._begin(tokens, positions, attention_mask)
+        for i in range(len(self.layers)):
+            x = self._block(i, x, rope, mask, t, end)
         self.length = end
-        return F.linear(_rms(x[:, -1], *self.norm).to(dt), *self.head)
+        return self._logits(x[:, -1])

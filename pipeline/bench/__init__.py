@@ -16,4 +16,5 @@ BENCHMARKS: dict[str, str] = {
     "gpu_check": "pipeline.bench.gpu_check",
     "claims_diff": "pipeline.bench.claims_diff",
     "noop": "pipeline.bench.noop",
+    "early_exit": "pipeline.bench.early_exit",
 }
