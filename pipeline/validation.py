@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, read_yaml, schema_defaults, validate_schema
 from pipeline.depth.spec import depth_spec
-from pipeline.memory_plan import model_shape
+from pipeline.model_shape import model_shape
 from pipeline.rl.config import RLConfig
 from pipeline.settings import Benchmark, BuiltinModel, Config, GgufModel, Model
 from pipeline.tracking import resolve_tracking_uri

@@ -246,7 +246,10 @@ def run(a: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
     for lay in layers:
         best = lay * ms["block"] + ms["head"] + (n_layers - lay) * ms["kv only"]
+        miss = full_step + ms["head"]  # checked, not exited
+        even = ms["head"] / (miss - best)  # exit rate f with f·best + (1−f)·miss = full
         print(f"  exit at h[{lay}] on every step: {best:.2f} ms vs full {full_step:.2f} ms "
               f"→ at most {full_step / best:.2f}×; a step that checks and does not exit "
-              f"costs {(full_step + ms['head']) / full_step:.2f}× a full step")
+              f"costs {miss / full_step:.2f}× a full step; break-even exit rate "
+              f"{100 * even:.0f} %")
     return 0
