@@ -17,13 +17,16 @@ layer × threshold τ. Per engine:
   run; the full decoder runs first and last, the better of its two times is the reference);
 - ``agree``: of the generated tokens, the fraction equal to the full model's greedy token
   given the same prefix (one teacher-forced forward of the model over prompt + output);
+  ``agree exited`` over the tokens of steps that exited, ``agree rest`` over the others
+  (these differ from the full model only through earlier exits' propagated keys/values);
 - ``same seq``: the fraction of prompts whose whole output equals the full decoder's;
 - ``acc`` per task (math-verify on the last ``\\boxed{}``; MMLU: the letter);
 - ``layers``: mean blocks run per decode step, and ``exit %``: steps that exited.
 
 Then where the time goes: ms of one decode step's blocks, of one exit check (final norm +
-unembedding + softmax) and of one skipped block's k/v projections, and the speed-up these
-predict when every step exits.
+unembedding + softmax) and of one skipped block's k/v projections; and whole decode steps
+timed through ``forward`` (full; checked without exit, τ = 1; exited at every step, τ = 0)
+with the speed-up bound and the exit rate at which checking breaks even.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Result:
     name: str
     seconds: float = 0.0  # decode steps only (the prefill is the same in every engine)
     outputs: list[list[int]] = field(default_factory=list)
+    exited: list[list[bool]] = field(default_factory=list)  # per token: from an exit
     steps_exited: int = 0
     steps: int = 0
     layers: float = float("nan")
@@ -93,30 +97,37 @@ def _prompts(tok, n: int, gsm_tokens: int, add_tokens: int, cache_dir) -> list[P
 
 
 @torch.inference_mode()
-def _greedy(engine, ids: list[int], max_new: int, eos: int | None) -> tuple[list[int], float]:
-    """Greedy tokens of one prompt (``ids[:-1]`` prefilled, ``ids[-1]`` fed as a step) and
-    the seconds of its decode steps."""
+def _greedy(engine, ids: list[int], max_new: int,
+            eos: int | None) -> tuple[list[int], list[bool], float]:
+    """Greedy tokens of one prompt (``ids[:-1]`` prefilled, ``ids[-1]`` fed as a step),
+    whether each came from an exit, and the seconds of its decode steps."""
     x = torch.tensor([ids])
     engine.reset(1, len(ids) + max_new, "cpu")
     n = len(ids) - 1
     engine.forward(x[:, :n], torch.arange(n)[None])
     out: list[int] = []
+    exited: list[bool] = []
+    exits = getattr(engine, "exits", None)
+    full = len(engine.layers)
     tok, pos = ids[-1], n
     t0 = time.perf_counter()
     for _ in range(max_new):
+        before = exits[full] if exits is not None else 0
         logits = engine.forward(torch.tensor([[tok]]), torch.tensor([[pos]]))
         tok, pos = int(logits.argmax(-1)), pos + 1
         out.append(tok)
+        exited.append(exits is not None and exits[full] == before)
         if tok == eos:
             break
-    return out, time.perf_counter() - t0
+    return out, exited, time.perf_counter() - t0
 
 
 def _run(name: str, engine, prompts: list[Prompt], eos: int | None) -> Result:
     res = Result(name)
     for p in tqdm(prompts, desc=name, leave=False):
-        out, seconds = _greedy(engine, p.ids, p.max_new, eos)
+        out, exited, seconds = _greedy(engine, p.ids, p.max_new, eos)
         res.outputs.append(out)
+        res.exited.append(exited)
         res.seconds += seconds
     exits = getattr(engine, "exits", None)
     if exits is not None:
@@ -128,15 +139,21 @@ def _run(name: str, engine, prompts: list[Prompt], eos: int | None) -> Result:
 
 
 @torch.inference_mode()
-def _agreement(model, prompts: list[Prompt], outputs: list[list[int]]) -> float:
-    """Fraction of generated tokens equal to the full model's greedy token on their prefix."""
-    same = total = 0
-    for p, out in zip(prompts, outputs, strict=True):
+def _agreement(model, prompts: list[Prompt], res: Result) -> tuple[float, float, float]:
+    """Fraction of generated tokens equal to the full model's greedy token on their prefix:
+    over all tokens, over the tokens of exited steps, over the others (which differ only
+    through the propagated keys and values of earlier exits)."""
+    same = torch.zeros(2)
+    total = torch.zeros(2)
+    for p, out, ex in zip(prompts, res.outputs, res.exited, strict=True):
         seq = torch.tensor([p.ids + out])
         logits = model(input_ids=seq).logits[0, len(p.ids) - 1:-1]
-        same += int((logits.argmax(-1) == torch.tensor(out)).sum())
-        total += len(out)
-    return same / max(total, 1)
+        hit = (logits.argmax(-1) == torch.tensor(out)).float()
+        idx = torch.tensor(ex, dtype=torch.long)
+        same.index_add_(0, idx, hit)
+        total.index_add_(0, idx, torch.ones_like(hit))
+    frac = (same / total.clamp(min=1)).tolist()
+    return float(same.sum() / total.sum().clamp(min=1)), frac[1], frac[0]
 
 
 def _accuracy(tok, prompts: list[Prompt], outputs: list[list[int]]) -> dict[str, float]:
@@ -149,6 +166,27 @@ def _accuracy(tok, prompts: list[Prompt], outputs: list[list[int]]) -> dict[str,
               else bench.score("math", p.item, text))
         hits.setdefault(p.task, []).append(bool(ok))
     return {k: sum(v) / len(v) for k, v in hits.items()}
+
+
+STEP_CONTEXT = 128
+
+
+@torch.inference_mode()
+def _step_ms(engine, repeats: int = 30) -> float:
+    """ms of one whole decode step (``engine.forward`` of one token) after a prompt of
+    :data:`STEP_CONTEXT` tokens, the same position each time (best of 5 means)."""
+    n = STEP_CONTEXT
+    engine.reset(1, n + 1, "cpu")
+    engine.forward(torch.arange(n)[None] + 100, torch.arange(n)[None])
+    tok, pos = torch.tensor([[42]]), torch.tensor([[n]])
+    best = float("inf")
+    for _ in range(6):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            engine.length = n
+            engine.forward(tok, pos)
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return 1e3 * best
 
 
 @torch.inference_mode()
@@ -225,31 +263,37 @@ def run(a: argparse.Namespace) -> int:
     tasks = ("gsm_symbolic", "addition", "mmlu")
     acc = _accuracy(tok, prompts, first.outputs)
     print(f"{'engine':22} {'tok/s':>7} {'speed-up':>8} {'agree':>6} {'same seq':>8} "
-          + " ".join(f"{'acc ' + t[:8]:>13}" for t in tasks) + f" {'layers':>6} {'exit %':>6}")
+          + " ".join(f"{'acc ' + t[:8]:>13}" for t in tasks)
+          + f" {'layers':>6} {'exit %':>6} {'agree exited':>12} {'agree rest':>10}")
     print(f"{'full':22} {sum(map(len, first.outputs)) / ref:7.1f} {1.0:8.2f} {1.0:6.3f} "
           f"{1.0:8.2f} " + " ".join(f"{acc.get(t, float('nan')):13.3f}" for t in tasks)
-          + f" {n_layers:6.1f} {0.0:6.1f}")
+          + f" {n_layers:6.1f} {0.0:6.1f} {'—':>12} {1.0:10.3f}")
     full_rate = sum(map(len, first.outputs)) / ref
     for r in results:
         n_tok = sum(map(len, r.outputs))
         acc = _accuracy(tok, prompts, r.outputs)
         same = sum(o == f for o, f in zip(r.outputs, first.outputs, strict=True)) / len(prompts)
+        agree, agree_exit, agree_rest = _agreement(model, prompts, r)
         print(f"{r.name:22} {n_tok / r.seconds:7.1f} {n_tok / r.seconds / full_rate:8.2f} "
-              f"{_agreement(model, prompts, r.outputs):6.3f} {same:8.2f} "
+              f"{agree:6.3f} {same:8.2f} "
               + " ".join(f"{acc.get(t, float('nan')):13.3f}" for t in tasks)
-              + f" {r.layers:6.1f} {100 * r.steps_exited / max(r.steps, 1):6.1f}")
+              + f" {r.layers:6.1f} {100 * r.steps_exited / max(r.steps, 1):6.1f}"
+              + f" {agree_exit:12.3f} {agree_rest:10.3f}")
     ee = EarlyExitDecoder(model, exit_layers=[layers[0]], threshold=1.0,
                           head="tuned" if lens is not None else "logit", lens=lens)
     ms = _where_time_goes(full, ee)
-    full_step = ms["blocks"] + ms["final head"]
     print("\nwhere the time goes (one decode step, batch 1, ms): "
           + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
+    full_step = _step_ms(full)
+    print(f"whole decode steps at position {STEP_CONTEXT}, ms: full {full_step:.2f}")
+    head = "tuned" if lens is not None else "logit"
     for lay in layers:
-        best = lay * ms["block"] + ms["head"] + (n_layers - lay) * ms["kv only"]
-        miss = full_step + ms["head"]  # checked, not exited
-        even = ms["head"] / (miss - best)  # exit rate f with f·best + (1−f)·miss = full
-        print(f"  exit at h[{lay}] on every step: {best:.2f} ms vs full {full_step:.2f} ms "
-              f"→ at most {full_step / best:.2f}×; a step that checks and does not exit "
-              f"costs {miss / full_step:.2f}× a full step; break-even exit rate "
-              f"{100 * even:.0f} %")
+        miss, hit = (_step_ms(EarlyExitDecoder(model, exit_layers=[lay], threshold=tau,
+                                               head=head, lens=lens)) for tau in (1.0, 0.0))
+        even = (miss - full_step) / (miss - hit)  # f with f·hit + (1−f)·miss = full
+        print(f"  {head} h[{lay}]: exit {hit:.2f} (→ at most {full_step / hit:.2f}× when every "
+              f"step exits; predicted from the parts: "
+              f"{lay * ms['block'] + ms['head'] + (n_layers - lay) * ms['kv only']:.2f}), "
+              f"checked without exit {miss:.2f} ({miss / full_step:.2f}× a full step); "
+              f"break-even exit rate {100 * even:.0f} %")
     return 0
