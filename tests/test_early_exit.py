@@ -167,3 +167,28 @@ def test_bad_arguments_get_one_line():
         EarlyExitDecoder(model, exit_layers=[2], threshold=0.9, head="mlp")
     with pytest.raises(ValueError, match="threshold"):
         EarlyExitDecoder(model, exit_layers=[2], threshold=float("nan"))
+
+
+def test_benchmark_helpers_count_exits_and_agreement():
+    """``pipeline.bench early_exit``'s loop: per-token exit flags, and agreement against the
+    full model's greedy token on each prefix (1 for the full decoder; a direct loop for an
+    engine that always exits)."""
+    from pipeline.bench import early_exit as bench
+
+    model = _model("llama")
+    prompts = [bench.Prompt("t", {}, [5, 9, 11, 3], 6), bench.Prompt("t", {}, [7, 2], 4)]
+    full = bench._run("full", StaticDecoder(model), prompts, eos=None)
+    assert full.exited == [[False] * 6, [False] * 4]
+    assert bench._agreement(model, prompts, full)[0] == 1.0
+    ee = bench._run("ee", EarlyExitDecoder(model, exit_layers=[1], threshold=0.0), prompts, None)
+    assert ee.exited == [[True] * 6, [True] * 4] and ee.layers == 1.0
+    same = total = 0
+    with torch.no_grad():
+        for p, out in zip(prompts, ee.outputs, strict=True):
+            for j, tok in enumerate(out):  # the full model's greedy token on each prefix
+                ref = model(input_ids=torch.tensor([p.ids + out[:j]])).logits[0, -1].argmax()
+                same += int(ref == tok)
+                total += 1
+    agree, agree_exited, agree_rest = bench._agreement(model, prompts, ee)
+    assert agree == pytest.approx(same / total) and agree_exited == agree
+    assert agree_rest != agree_rest  # NaN: no token came from a full step

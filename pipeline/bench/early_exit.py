@@ -152,7 +152,7 @@ def _agreement(model, prompts: list[Prompt], res: Result) -> tuple[float, float,
         idx = torch.tensor(ex, dtype=torch.long)
         same.index_add_(0, idx, hit)
         total.index_add_(0, idx, torch.ones_like(hit))
-    frac = (same / total.clamp(min=1)).tolist()
+    frac = torch.where(total > 0, same / total.clamp(min=1), float("nan")).tolist()
     return float(same.sum() / total.sum().clamp(min=1)), frac[1], frac[0]
 
 
