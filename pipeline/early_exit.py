@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from pipeline.static_decode import StaticDecoder, _rms, _rotate_half
+from pipeline.static_decode import StaticDecoder, _rms
 
 HEADS = ("logit", "tuned")
 
@@ -67,7 +67,6 @@ class EarlyExitDecoder(StaticDecoder):
             raise ValueError(f"threshold τ must be >= 0, got {threshold}")
         self.exit_layers = layers
         self.threshold = float(threshold)
-        self.head_kind = head
         self.lens = lens if head == "tuned" else None
         # k/v weights of each block, for the blocks an exit skips (views of the fused qkv)
         self._kv_w = []
@@ -88,21 +87,20 @@ class EarlyExitDecoder(StaticDecoder):
             h = self.lens.transform_hidden(h, layer).to(h.dtype)
         return self._logits(h)
 
+    def confidence(self, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exit head's logits [B, V] at h[``layer``] and its max probability [B]."""
+        logits = self.head_logits(h, layer)
+        return logits, torch.softmax(logits.float(), dim=-1).amax(-1)
+
     def _kv_only(self, i: int, h: torch.Tensor, rope: tuple, t: int, end: int) -> None:
         """Block ``i``'s keys and values of the exited state ``h`` [B, S, d], written to the
         cache: input norm, k/v projections, k-norm and rotary — nothing else of the block."""
         lay = self.layers[i]
         b, s, _ = h.shape
-        cos, sin = rope
         hd, nkv = lay.head_dim, lay.n_kv
         kv = F.linear(_rms(h, *lay.ln_in).to(self.dtype), *self._kv_w[i]).float()
-        k = kv[..., :nkv * hd].view(b, s, nkv, hd)
-        v = kv[..., nkv * hd:].view(b, s, nkv, hd)
-        if lay.k_norm is not None:
-            k = _rms(k, *lay.k_norm)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
-        self.k[i][:, :, t:end] = k * cos + _rotate_half(k) * sin
-        self.v[i][:, :, t:end] = v
+        self._store_kv(i, kv[..., :nkv * hd].view(b, s, nkv, hd),
+                       kv[..., nkv * hd:].view(b, s, nkv, hd), rope, t, end)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -119,12 +117,9 @@ class EarlyExitDecoder(StaticDecoder):
             x = self._block(i, x, rope, mask, t, end)
             if i + 1 != nxt:
                 continue
-            logits = self.head_logits(x[:, -1], nxt)
+            logits, pmax = self.confidence(x[:, -1], nxt)
             nxt = next(checks, 0)
-            if self.threshold >= 1.0:
-                continue
-            pmax = torch.softmax(logits.float(), dim=-1).amax(-1)
-            if bool((pmax >= self.threshold).all()):
+            if self.threshold < 1.0 and bool((pmax >= self.threshold).all()):
                 for j in range(i + 1, n):
                     self._kv_only(j, x, rope, t, end)
                 self.length = end

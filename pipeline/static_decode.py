@@ -62,6 +62,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary position embedding of ``x`` [B, H, S, hd] with ``rope`` = (cos, sin)."""
+    cos, sin = rope
+    return x * cos + _rotate_half(x) * sin
+
+
 class _Layer:
     def __init__(self, block, dtype: torch.dtype, fuse: bool):
         attn, mlp = block.self_attn, block.mlp
@@ -205,13 +211,25 @@ class StaticDecoder:
             mask = allowed[:, None]  # [B, 1, S, end]
         return x, (cos[:, None], sin[:, None]), mask, t, end
 
+    def _store_kv(self, i: int, k: torch.Tensor, v: torch.Tensor, rope: tuple, t: int,
+                  end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``i``'s projected keys and values [B, S, kv_heads, hd]: the k-norm (Qwen3)
+        and rotary on the keys, both written to the cache at ``t:end`` (rounded to its
+        dtype) and returned as [B, kv_heads, S, hd] in fp32."""
+        lay = self.layers[i]
+        if lay.k_norm is not None:
+            k = _rms(k, *lay.k_norm)
+        k, v = _rotary(k.transpose(1, 2), rope), v.transpose(1, 2)
+        self.k[i][:, :, t:end] = k
+        self.v[i][:, :, t:end] = v
+        return k, v
+
     def _block(self, i: int, x: torch.Tensor, rope: tuple, mask: torch.Tensor, t: int,
                end: int) -> torch.Tensor:
         """Block ``i`` on the residual stream ``x`` [B, S, d]: its keys and values written to
         the cache at ``t:end``, the stream after the block returned."""
         lay, dt = self.layers[i], self.dtype
         b, s, _ = x.shape
-        cos, sin = rope
         hd, nq, nkv = lay.head_dim, lay.n_q, lay.n_kv
         qkv = _project(_rms(x, *lay.ln_in).to(dt), lay.qkv).float()
         q = qkv[..., :nq * hd].view(b, s, nq, hd)
@@ -219,12 +237,8 @@ class StaticDecoder:
         v = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd)
         if lay.q_norm is not None:
             q = _rms(q, *lay.q_norm)
-            k = _rms(k, *lay.k_norm)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, hd]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        self.k[i][:, :, t:end] = k  # rounded to the cache's dtype
-        self.v[i][:, :, t:end] = v
+        q = _rotary(q.transpose(1, 2), rope)  # [B, H, S, hd]
+        k, v = self._store_kv(i, k, v, rope, t, end)
         if t == 0:  # nothing cached before: attend to the fp32 keys just computed
             keys, vals = k, v
         else:

@@ -2,9 +2,8 @@
 
 With :mod:`pipeline.tracking_store` (the store), the only code of the project that talks
 to MLflow. Every call goes through an ``MlflowClient`` bound to an explicit tracking URI
-(no fluent/global state), so several
-runs can be open in one process. ``mlflow`` is imported lazily: disabled tracking
-(``job_run(None)``) costs nothing.
+(no fluent/global state), so several runs can be open in one process. ``mlflow`` is
+imported lazily: disabled tracking (``job_run(None)``) costs nothing.
 
 Snakefile usage::
 

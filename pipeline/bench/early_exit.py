@@ -69,9 +69,7 @@ class Result:
     seconds: float = 0.0  # decode steps only (the prefill is the same in every engine)
     outputs: list[list[int]] = field(default_factory=list)
     exited: list[list[bool]] = field(default_factory=list)  # per token: from an exit
-    steps_exited: int = 0
-    steps: int = 0
-    layers: float = float("nan")
+    layers: float = float("nan")  # mean blocks per decode step (early-exit engines)
 
 
 def _prompts(tok, n: int, gsm_tokens: int, add_tokens: int, cache_dir) -> list[Prompt]:
@@ -129,11 +127,7 @@ def _run(name: str, engine, prompts: list[Prompt], eos: int | None) -> Result:
         res.outputs.append(out)
         res.exited.append(exited)
         res.seconds += seconds
-    exits = getattr(engine, "exits", None)
-    if exits is not None:
-        n_layers = len(engine.layers)
-        res.steps = sum(exits.values())
-        res.steps_exited = res.steps - exits.get(n_layers, 0)
+    if hasattr(engine, "mean_layers"):
         res.layers = engine.mean_layers()
     return res
 
@@ -215,7 +209,7 @@ def _where_time_goes(full, ee, repeats: int = 50) -> dict[str, float]:
 
     h = x[:, -1]
     ms = {"blocks": clock(blocks),
-          "head": clock(lambda: torch.softmax(ee.head_logits(h, 1).float(), -1).amax(-1)),
+          "head": clock(lambda: ee.confidence(h, 1)),
           "final head": clock(lambda: full._logits(h)),
           "kv only": clock(lambda: ee._kv_only(1, x, rope, t, end))}
     ms["block"] = ms["blocks"] / len(full.layers)
@@ -246,9 +240,9 @@ def run(a: argparse.Namespace) -> int:
               f"{t} {sum(p.task == t for p in prompts)}" for t in ("gsm_symbolic", "addition",
                                                                    "mmlu")) + "), batch 1, greedy")
     full = StaticDecoder(model)
+    heads = ("logit", "tuned") if lens is not None else ("logit",)
     engines = [(f"{head} h[{lay}] τ={tau:g}", head, lay, tau)
-               for head in (("logit", "tuned") if lens is not None else ("logit",))
-               for lay in layers for tau in a.thresholds]
+               for head in heads for lay in layers for tau in a.thresholds]
     _greedy(full, prompts[0].ids, 4, eos)  # warm-up
     first = _run("full", full, prompts, eos)
     results = []
@@ -258,17 +252,17 @@ def run(a: argparse.Namespace) -> int:
     last = _run("full", full, prompts, eos)
     ref = min(first.seconds, last.seconds)
     assert first.outputs == last.outputs, "the full decoder is not deterministic"
-    print(f"full decoder: {sum(map(len, first.outputs)) / ref:.1f} tok/s "
+    full_rate = sum(map(len, first.outputs)) / ref
+    print(f"full decoder: {full_rate:.1f} tok/s "
           f"(first {first.seconds:.1f} s, last {last.seconds:.1f} s)")
     tasks = ("gsm_symbolic", "addition", "mmlu")
     acc = _accuracy(tok, prompts, first.outputs)
     print(f"{'engine':22} {'tok/s':>7} {'speed-up':>8} {'agree':>6} {'same seq':>8} "
           + " ".join(f"{'acc ' + t[:8]:>13}" for t in tasks)
           + f" {'layers':>6} {'exit %':>6} {'agree exited':>12} {'agree rest':>10}")
-    print(f"{'full':22} {sum(map(len, first.outputs)) / ref:7.1f} {1.0:8.2f} {1.0:6.3f} "
+    print(f"{'full':22} {full_rate:7.1f} {1.0:8.2f} {1.0:6.3f} "
           f"{1.0:8.2f} " + " ".join(f"{acc.get(t, float('nan')):13.3f}" for t in tasks)
           + f" {n_layers:6.1f} {0.0:6.1f} {'—':>12} {1.0:10.3f}")
-    full_rate = sum(map(len, first.outputs)) / ref
     for r in results:
         n_tok = sum(map(len, r.outputs))
         acc = _accuracy(tok, prompts, r.outputs)
@@ -277,16 +271,15 @@ def run(a: argparse.Namespace) -> int:
         print(f"{r.name:22} {n_tok / r.seconds:7.1f} {n_tok / r.seconds / full_rate:8.2f} "
               f"{agree:6.3f} {same:8.2f} "
               + " ".join(f"{acc.get(t, float('nan')):13.3f}" for t in tasks)
-              + f" {r.layers:6.1f} {100 * r.steps_exited / max(r.steps, 1):6.1f}"
+              + f" {r.layers:6.1f} {100 * sum(map(sum, r.exited)) / max(n_tok, 1):6.1f}"
               + f" {agree_exit:12.3f} {agree_rest:10.3f}")
-    ee = EarlyExitDecoder(model, exit_layers=[layers[0]], threshold=1.0,
-                          head="tuned" if lens is not None else "logit", lens=lens)
+    head = heads[-1]
+    ee = EarlyExitDecoder(model, exit_layers=[layers[0]], threshold=1.0, head=head, lens=lens)
     ms = _where_time_goes(full, ee)
     print("\nwhere the time goes (one decode step, batch 1, ms): "
           + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()))
     full_step = _step_ms(full)
     print(f"whole decode steps at position {STEP_CONTEXT}, ms: full {full_step:.2f}")
-    head = "tuned" if lens is not None else "logit"
     for lay in layers:
         miss, hit = (_step_ms(EarlyExitDecoder(model, exit_layers=[lay], threshold=tau,
                                                head=head, lens=lens)) for tau in (1.0, 0.0))
