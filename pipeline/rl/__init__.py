@@ -16,7 +16,8 @@ Public API::
 Modules: :mod:`.losses`, :mod:`.logprobs`, :mod:`.bupo` (π^k, phases, old log-probs),
 :mod:`.credit` (γ and token advantages), :mod:`.config`, :mod:`.checkpoint`, :mod:`.trainer`,
 :mod:`.distributed` (process groups, ddp), :mod:`.fsdp` (FSDP2 sharding),
-:mod:`.rollout_engine` (what samples the rollouts).
+:mod:`.rollout` (a step's scored, padded rollouts), :mod:`.rollout_engine` (what samples
+them).
 """
 
 # Lazy (PEP 562): importing pipeline.rl.config (what the workflow's validation reads while

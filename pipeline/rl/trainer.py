@@ -27,18 +27,15 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pipeline.models.provision import atomic_dir
-from pipeline.responses import batch_from_table
 from pipeline.rl import bupo, distributed, fsdp
 from pipeline.rl.checkpoint import (
     atomic_write,
@@ -59,11 +56,17 @@ from pipeline.rl.losses import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from pipeline.rl.rollout_engine import RolloutEngine, Sampling, StaticDecoderEngine
-from pipeline.tasks.bounded import timeouts as verify_timeouts
+from pipeline.rl.rollout import (  # noqa: F401  (Rollout, rollout: importable from here too)
+    PromptFn,
+    RewardFn,
+    Rollout,
+    _chunks,
+    _micro,
+    _step_seed,
+    rollout,
+)
+from pipeline.rl.rollout_engine import RolloutEngine, StaticDecoderEngine
 
-RewardFn = Callable[[Any, str], float]
-PromptFn = Callable[[Any], str]
 #: Config keys that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = frozenset({"steps", "save_every", "diag_every", "gen_batch_size",
                                "sample_dtype",
@@ -95,73 +98,6 @@ def step_indices(n: int, step: int, per_step: int, seed: int) -> list[int]:
             perms[epoch] = torch.randperm(n, generator=gen).tolist()
         out.append(perms[epoch][i])
     return out
-
-
-def _step_seed(seed: int, step: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + step) * 8 + salt
-
-
-# --------------------------------------------------------------------------- rollouts
-@dataclass
-class Rollout:
-    """Right-padded prompt+response batch, groups contiguous (``group_size`` rows each)."""
-
-    input_ids: Tensor  # [N, T]
-    attention_mask: Tensor  # [N, T]
-    response_mask: Tensor  # bool [N, T]
-    rewards: Tensor  # [N] fp32
-    lengths: Tensor  # [N] response tokens
-    finished: Tensor  # bool [N]
-    group_size: int
-    texts: list[str]
-    verify_timeouts: int = 0  # answers of this rollout past the verification budget (§5)
-
-
-def rollout(engine: RolloutEngine | nn.Module, tokenizer: PreTrainedTokenizerBase,
-            items: Sequence[Any], prompt_fn: PromptFn, reward_fn: RewardFn, cfg: RLConfig,
-            step: int, *, rank: int = 0, device: torch.device | None = None) -> Rollout:
-    """Sample ``group_size`` responses per item with ``engine`` (a model: the default
-    :class:`StaticDecoderEngine` on it) and score them (process ``rank``'s seed); the
-    batch goes to ``device`` (default: the engine model's)."""
-    if isinstance(engine, nn.Module):
-        engine = StaticDecoderEngine(engine, tokenizer)
-    prompts = [prompt_fn(it) for it in items]
-    sampling = Sampling(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
-                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size,
-                        seed=rank_seed(_step_seed(cfg.seed, step), rank),
-                        dtype=cfg.sample_dtype)
-    gens = engine.generate(prompts, sampling).generations
-    prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
-    table = pd.DataFrame({"prompt_ids": [prompt_ids[g.prompt_index] for g in gens],
-                          "response_ids": [g.token_ids for g in gens]})
-    batch = batch_from_table(table, tokenizer.pad_token_id, padding_side="right")
-    if device is None:
-        device = next(engine.model.parameters()).device  # type: ignore[attr-defined]
-    before = verify_timeouts()
-    rewards = torch.tensor([float(reward_fn(items[g.prompt_index], g.text)) for g in gens])
-    timeouts = verify_timeouts() - before
-    return Rollout(
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=batch["attention_mask"].to(device),
-        response_mask=batch["response_mask"].to(device),
-        rewards=rewards,
-        lengths=torch.tensor([g.num_tokens for g in gens]),
-        finished=torch.tensor([g.finished for g in gens]),
-        group_size=cfg.group_size,
-        verify_timeouts=timeouts,
-        texts=[g.text for g in gens],
-    )
-
-
-def _micro(ro: Rollout, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
-    """A row subset trimmed to its longest sequence (right padding): ids, mask, resp, width."""
-    width = int(ro.attention_mask[rows].sum(-1).max())
-    return (ro.input_ids[rows, :width], ro.attention_mask[rows, :width],
-            ro.response_mask[rows, :width], width)
-
-
-def _chunks(rows: Tensor, size: int | None) -> list[Tensor]:
-    return list(rows.split(size)) if size else [rows]
 
 
 # --------------------------------------------------------------------------- update
